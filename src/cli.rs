@@ -1,0 +1,147 @@
+//! The command line: thin calls into the library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::{App, shutdown_signal};
+use crate::bench::{self, AckBenchOptions};
+use crate::config::Settings;
+use crate::store;
+
+/// huabi (画笔): AI painting for WeChat Official Accounts.
+#[derive(Debug, Parser)]
+#[command(name = "huabi", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node: migrate the database, then serve until SIGTERM or ctrl-c.
+    Serve {
+        /// Comma-separated roles to run: web (webhooks). worker and deliver arrive with the job queue.
+        #[arg(long, value_delimiter = ',', default_value = "web")]
+        roles: Vec<Role>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Measurements.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// The roles a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Webhooks: receive, admit, acknowledge.
+    Web,
+    /// Paint queued jobs (not yet available).
+    Worker,
+    /// Deliver finished pictures (not yet available).
+    Deliver,
+}
+
+/// `huabi bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load a running `huabi serve` with signed plaintext text messages (distinct MsgIds) and report
+    /// acknowledgements per second and latency percentiles.
+    Ack {
+        /// Webhook URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhook/wechat")]
+        url: String,
+        /// The server's WeChat Token.
+        #[arg(long, env = "HUABI__WECHAT__TOKEN", hide_env_values = true)]
+        token: String,
+        /// Messages per second (open loop, latency measured from the scheduled send time);
+        /// without it, `--connections` clients send back to back (closed loop, maximum rate).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Concurrent connections (closed loop) or the most requests in flight (open loop).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the CLI and maps failures to an exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { roles } => serve(&roles).await,
+        Command::Migrate => {
+            let settings = load_settings()?;
+            let store = store::connect(&settings.database).await?;
+            store.migrate().await?;
+            println!("migrations applied ({})", store.backend());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ack {
+            url,
+            token,
+            rate,
+            connections,
+            duration,
+            json,
+        }) => {
+            let report = bench::run_ack(AckBenchOptions {
+                url,
+                token,
+                rate,
+                connections,
+                duration: Duration::from_secs_f64(duration),
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load_settings() -> anyhow::Result<Settings> {
+    let settings = Settings::load().context("loading configuration")?;
+    crate::telemetry::init(&settings.log);
+    Ok(settings)
+}
+
+async fn serve(roles: &[Role]) -> anyhow::Result<()> {
+    let unavailable: Vec<_> = roles.iter().filter(|r| **r != Role::Web).collect();
+    if !unavailable.is_empty() {
+        anyhow::bail!("roles {unavailable:?} are not available in this version; use --roles web");
+    }
+    let settings = load_settings()?;
+    tracing::debug!(?settings, "configuration");
+    let app = App::build(settings).await?;
+    app.run_until(shutdown_signal()).await
+}

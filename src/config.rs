@@ -1,0 +1,322 @@
+//! Settings: `config/default.toml` (embedded) → the file named by `HUABI_CONFIG` → `HUABI__SECTION__KEY`
+//! environment variables (and `DATABASE_URL`). The only module that reads the environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults, compiled in so the binary works from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is not acceptable.
+    #[error("configuration: {key}: {reason}")]
+    Invalid {
+        /// The offending key, as `section.key`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Every setting huabi reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Database connection.
+    pub database: DatabaseSettings,
+    /// The WeChat Official Account.
+    pub wechat: WechatSettings,
+    /// Reply texts.
+    pub replies: ReplySettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Webhook body limit in bytes.
+    pub body_limit_bytes: usize,
+    /// Seconds granted to in-flight work on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[database]`.
+#[derive(Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Seconds to wait for a pooled connection.
+    pub acquire_timeout_secs: u64,
+}
+
+impl DatabaseSettings {
+    /// The pool acquire timeout.
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.acquire_timeout_secs)
+    }
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // set_password only fails for URLs that cannot have one, which this one has.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        Err(_) => "<unparsable url>".to_string(),
+    }
+}
+
+/// `[wechat]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WechatSettings {
+    /// The console Token (secret).
+    pub token: SecretString,
+    /// The AppID.
+    pub app_id: String,
+    /// The AppSecret (secret).
+    pub app_secret: SecretString,
+    /// The current EncodingAESKey; empty means plaintext only (secret).
+    pub aes_key: SecretString,
+    /// The previous EncodingAESKey, tried when the current one fails (secret).
+    pub previous_aes_key: SecretString,
+    /// API base URL.
+    pub api_base: String,
+    /// Allowed difference between a request's timestamp and now, in seconds.
+    pub max_clock_skew_secs: u64,
+}
+
+/// `[replies]`: every text a follower can receive.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReplySettings {
+    /// A painting request was queued.
+    pub received: String,
+    /// Help text.
+    pub help: String,
+    /// Welcome text for new followers.
+    pub welcome: String,
+    /// A voice message without recognised speech.
+    pub voice_unrecognized: String,
+    /// A message kind that cannot be painted from.
+    pub unsupported: String,
+    /// Words that ask for help.
+    pub help_keywords: Vec<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// tracing filter directive.
+    pub filter: String,
+    /// `pretty` or `json`.
+    pub format: String,
+}
+
+impl Settings {
+    /// Loads settings from the defaults, `HUABI_CONFIG` and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::vars().collect())
+    }
+
+    /// Loads settings as [`Settings::load`] does, from the given environment instead of the process's.
+    pub fn load_from(env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = env.get("HUABI_CONFIG").filter(|p| !p.is_empty()) {
+            builder = builder.add_source(File::from(PathBuf::from(path)).required(true));
+        }
+        let huabi_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("HUABI__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("HUABI")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("replies.help_keywords")
+                .try_parsing(true)
+                .source(Some(huabi_env.clone())),
+        );
+        if !huabi_env.contains_key("HUABI__DATABASE__URL") {
+            if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+                builder = builder.set_override("database.url", url.as_str())?;
+            }
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let aes = self.wechat.aes_key.expose_secret();
+        for (key, value) in [
+            ("wechat.aes_key", aes),
+            (
+                "wechat.previous_aes_key",
+                self.wechat.previous_aes_key.expose_secret(),
+            ),
+        ] {
+            if !value.is_empty() {
+                crate::channel::wechat::crypto::AesKey::from_encoding_key(value).map_err(|e| {
+                    ConfigError::Invalid {
+                        key,
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+        }
+        if !aes.is_empty() && self.wechat.app_id.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "wechat.app_id",
+                reason: "required when wechat.aes_key is set (it is checked inside every encrypted message)".into(),
+            });
+        }
+        if self.server.body_limit_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.body_limit_bytes",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "database.max_connections",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_environment() {
+        let s = Settings::load_from(HashMap::new()).expect("defaults are valid");
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database.url, "sqlite://data/huabi.db?mode=rwc");
+        assert_eq!(s.wechat.max_clock_skew_secs, 600);
+        assert_eq!(s.server.body_limit_bytes, 65536);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::load_from(env(&[
+            ("HUABI__SERVER__LISTEN", "0.0.0.0:9000"),
+            ("HUABI__WECHAT__TOKEN", "tok"),
+            ("HUABI__WECHAT__MAX_CLOCK_SKEW_SECS", "30"),
+            ("HUABI__REPLIES__HELP_KEYWORDS", "救命,sos"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.wechat.token.expose_secret(), "tok");
+        assert_eq!(s.wechat.max_clock_skew_secs, 30);
+        assert_eq!(s.replies.help_keywords, vec!["救命", "sos"]);
+    }
+
+    #[test]
+    fn database_url_alias_is_honoured_but_loses_to_the_huabi_variable() {
+        let s = Settings::load_from(env(&[("DATABASE_URL", "postgres://a@h/d")])).expect("valid");
+        assert_eq!(s.database.url, "postgres://a@h/d");
+        let s = Settings::load_from(env(&[
+            ("DATABASE_URL", "postgres://a@h/d"),
+            ("HUABI__DATABASE__URL", "sqlite://x.db"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.database.url, "sqlite://x.db");
+    }
+
+    #[test]
+    fn config_file_sits_between_defaults_and_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("huabi.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:7000\"\nbody_limit_bytes = 1000\n",
+        )
+        .expect("write");
+        let path = path.to_string_lossy().to_string();
+        let s = Settings::load_from(env(&[
+            ("HUABI_CONFIG", &path),
+            ("HUABI__SERVER__BODY_LIMIT_BYTES", "2000"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(s.server.body_limit_bytes, 2000);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Settings::load_from(env(&[
+            ("HUABI__WECHAT__TOKEN", "tok-SECRET-1"),
+            ("HUABI__WECHAT__APP_SECRET", "app-SECRET-2"),
+            ("HUABI__WECHAT__APP_ID", "wx1"),
+            (
+                "HUABI__WECHAT__AES_KEY",
+                "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+            ),
+            ("HUABI__DATABASE__URL", "postgres://u:pw-SECRET-3@h/db"),
+        ]))
+        .expect("valid");
+        let shown = format!("{s:?}");
+        for secret in ["SECRET-1", "SECRET-2", "jWmYm7", "SECRET-3"] {
+            assert!(!shown.contains(secret), "{secret} leaked into {shown}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = Settings::load_from(env(&[("HUABI__WECHAT__AES_KEY", "short")]))
+            .expect_err("a short key is refused");
+        assert!(err.to_string().contains("wechat.aes_key"), "{err}");
+        let err = Settings::load_from(env(&[("HUABI__SERVER__LISTEN", "not an address")]))
+            .expect_err("a bad address is refused");
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Settings::load_from(env(&[(
+            "HUABI__WECHAT__AES_KEY",
+            "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+        )]))
+        .expect_err("app id is required with a key");
+        assert!(err.to_string().contains("app_id"), "{err}");
+    }
+}

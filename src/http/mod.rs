@@ -1,0 +1,71 @@
+//! The HTTP surface: webhooks, health and metrics. Handlers are thin: extract, call one module, map the result.
+
+mod error;
+mod health;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::channel::wechat::WechatChannel;
+use crate::config::Settings;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// WeChat drops the connection after 5 s; answering (even with an error) before that lets its retry start sooner.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(4500);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The default WeChat account.
+    pub wechat: Arc<WechatChannel>,
+    /// All settings.
+    pub settings: Arc<Settings>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Builds the router with all routes and layers.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.server.body_limit_bytes;
+    Router::new()
+        .route(
+            "/webhook/wechat",
+            get(webhook::verify_wechat).post(webhook::receive_wechat),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The process-wide Prometheus recorder (installed once; every app in the process shares it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; metrics then go there instead.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,20 @@
+//! huabi (画笔): an AI painting service for WeChat Official Accounts.
+
+/// Builds the roles from settings and runs them until shutdown.
+pub mod app;
+/// Load generators and measurements behind `huabi bench`.
+pub mod bench;
+/// Messaging platforms: verification, decryption, parsing, replies.
+pub mod channel;
+/// The command line.
+pub mod cli;
+/// What to do about a follower's message.
+pub mod command;
+/// Settings from defaults, file and environment.
+pub mod config;
+/// The HTTP surface.
+pub mod http;
+/// Durable state on PostgreSQL or SQLite.
+pub mod store;
+/// Logging.
+pub mod telemetry;
