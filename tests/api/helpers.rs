@@ -1,0 +1,224 @@
+//! Test databases (a fresh PostgreSQL database or SQLite file per test), a spawned app, and a signing client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use huabi::app::App;
+use huabi::channel::wechat::crypto::AesKey;
+use huabi::channel::wechat::{signature, xml};
+use huabi::config::Settings;
+use huabi::store::Store;
+use sqlx::Connection;
+
+/// Token, key and AppID of the test account (V2 of the official vectors).
+pub const TOKEN: &str = "QDG6eK";
+pub const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+pub const APP_ID: &str = "wx5823bf96d3bd56c7";
+pub const ACCOUNT: &str = "gh_test";
+
+/// Where the PostgreSQL server for tests is; the tests fail (never skip) when it is unreachable.
+pub fn pg_admin_url() -> String {
+    std::env::var("HUABI_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A database that exists for one test and is dropped after it.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!(
+                    "huabi_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    rand::random::<u32>()
+                );
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL for tests is unreachable at {admin}: {e}"));
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let mut url = url::Url::parse(&admin).expect("admin url");
+                url.set_path(&name);
+                TestDb {
+                    url: url.to_string(),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!("sqlite://{}/huabi.db?mode=rwc", dir.path().display());
+                TestDb {
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Drop runs inside the test's runtime; a separate thread with its own runtime may block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Settings for a test app on `db_url`, with `extra` environment overrides.
+pub fn settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut env: HashMap<String, String> = [
+        ("HUABI__DATABASE__URL", db_url),
+        ("HUABI__SERVER__LISTEN", "127.0.0.1:0"),
+        ("HUABI__WECHAT__TOKEN", TOKEN),
+        ("HUABI__WECHAT__APP_ID", APP_ID),
+        ("HUABI__WECHAT__AES_KEY", AES_KEY),
+        ("HUABI__DATABASE__MAX_CONNECTIONS", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::load_from(env).expect("test settings are valid")
+}
+
+/// A running app on its own port and database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub client: reqwest::Client,
+    pub _db: TestDb,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let app = App::build(settings(&db.url, extra)).await.expect("app builds");
+    let addr = app.local_addr().expect("bound");
+    let store = app.store();
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        addr,
+        store,
+        client: reqwest::Client::new(),
+        _db: db,
+    }
+}
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A plaintext text message.
+pub fn text_xml(user: &str, msg_id: u64, content: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>{}</Content><MsgId>{msg_id}</MsgId></xml>",
+        xml::cdata(content)
+    )
+}
+
+/// Query parameters of a signed plaintext request at `timestamp`.
+pub fn plain_query(timestamp: i64, nonce: &str) -> Vec<(String, String)> {
+    let ts = timestamp.to_string();
+    vec![
+        ("signature".into(), signature::sign(&[TOKEN, &ts, nonce])),
+        ("timestamp".into(), ts),
+        ("nonce".into(), nonce.into()),
+        ("openid".into(), "o_user".into()),
+    ]
+}
+
+/// Encrypts `inner` as WeChat does and returns the body and query of a safe-mode request.
+pub fn encrypted_request(inner: &str, timestamp: i64, nonce: &str) -> (String, Vec<(String, String)>) {
+    let key = AesKey::from_encoding_key(AES_KEY).expect("key");
+    let encrypt = key.encrypt(inner.as_bytes(), APP_ID);
+    let ts = timestamp.to_string();
+    let body = format!("<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><Encrypt>{}</Encrypt></xml>", xml::cdata(&encrypt));
+    let query = vec![
+        ("signature".into(), signature::sign(&[TOKEN, &ts, nonce])),
+        ("timestamp".into(), ts.clone()),
+        ("nonce".into(), nonce.into()),
+        ("encrypt_type".into(), "aes".into()),
+        ("msg_signature".into(), signature::sign(&[TOKEN, &ts, nonce, &encrypt])),
+    ];
+    (body, query)
+}
+
+/// Opens an encrypted reply after checking its signature; returns the inner fields.
+pub fn open_reply(body: &str) -> xml::Fields {
+    let env = xml::parse(body.as_bytes()).expect("reply envelope is XML");
+    let encrypt = env.get("Encrypt").expect("Encrypt");
+    let ts = env.get("TimeStamp").expect("TimeStamp");
+    let nonce = env.get("Nonce").expect("Nonce");
+    assert!(
+        signature::verify(env.get("MsgSignature").expect("MsgSignature"), &[TOKEN, ts, nonce, encrypt]),
+        "reply signature verifies"
+    );
+    let inner = AesKey::from_encoding_key(AES_KEY).expect("key").decrypt(encrypt, APP_ID).expect("reply opens");
+    xml::parse(&inner).expect("inner reply is XML")
+}
+
+impl TestApp {
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhook/wechat", self.addr)
+    }
+
+    /// POSTs `body` with `query`; returns status and body text.
+    pub async fn post(&self, query: &[(String, String)], body: impl Into<reqwest::Body>) -> (u16, String) {
+        let resp = self
+            .client
+            .post(self.webhook_url())
+            .query(query)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    /// POSTs a signed plaintext message stamped now.
+    pub async fn post_plain(&self, body: &str) -> (u16, String) {
+        self.post(&plain_query(now(), "n1"), body.to_string()).await
+    }
+
+    pub async fn counts(&self) -> huabi::store::Counts {
+        self.store.counts().await.expect("counts")
+    }
+}

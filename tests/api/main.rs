@@ -1,0 +1,5 @@
+//! Integration tests: one binary (one link) for all of them.
+
+mod helpers;
+mod store_contract;
+mod webhook;
