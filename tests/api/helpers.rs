@@ -20,7 +20,8 @@ pub const ACCOUNT: &str = "gh_test";
 
 /// Where the PostgreSQL server for tests is; the tests fail (never skip) when it is unreachable.
 pub fn pg_admin_url() -> String {
-    std::env::var("HUABI_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("HUABI_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Which database a test runs on.
@@ -52,7 +53,9 @@ impl TestDb {
                 );
                 let mut conn = sqlx::PgConnection::connect(&admin)
                     .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL for tests is unreachable at {admin}: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL for tests is unreachable at {admin}: {e}")
+                    });
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
                     .await
@@ -80,10 +83,15 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
         // Drop runs inside the test's runtime; a separate thread with its own runtime may block.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -129,7 +137,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     let db = TestDb::new(backend).await;
-    let app = App::build(settings(&db.url, extra)).await.expect("app builds");
+    let app = App::build(settings(&db.url, extra))
+        .await
+        .expect("app builds");
     let addr = app.local_addr().expect("bound");
     let store = app.store();
     tokio::spawn(app.run_until(std::future::pending()));
@@ -165,17 +175,27 @@ pub fn plain_query(timestamp: i64, nonce: &str) -> Vec<(String, String)> {
 }
 
 /// Encrypts `inner` as WeChat does and returns the body and query of a safe-mode request.
-pub fn encrypted_request(inner: &str, timestamp: i64, nonce: &str) -> (String, Vec<(String, String)>) {
+pub fn encrypted_request(
+    inner: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> (String, Vec<(String, String)>) {
     let key = AesKey::from_encoding_key(AES_KEY).expect("key");
     let encrypt = key.encrypt(inner.as_bytes(), APP_ID);
     let ts = timestamp.to_string();
-    let body = format!("<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><Encrypt>{}</Encrypt></xml>", xml::cdata(&encrypt));
+    let body = format!(
+        "<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><Encrypt>{}</Encrypt></xml>",
+        xml::cdata(&encrypt)
+    );
     let query = vec![
         ("signature".into(), signature::sign(&[TOKEN, &ts, nonce])),
         ("timestamp".into(), ts.clone()),
         ("nonce".into(), nonce.into()),
         ("encrypt_type".into(), "aes".into()),
-        ("msg_signature".into(), signature::sign(&[TOKEN, &ts, nonce, &encrypt])),
+        (
+            "msg_signature".into(),
+            signature::sign(&[TOKEN, &ts, nonce, &encrypt]),
+        ),
     ];
     (body, query)
 }
@@ -187,10 +207,16 @@ pub fn open_reply(body: &str) -> xml::Fields {
     let ts = env.get("TimeStamp").expect("TimeStamp");
     let nonce = env.get("Nonce").expect("Nonce");
     assert!(
-        signature::verify(env.get("MsgSignature").expect("MsgSignature"), &[TOKEN, ts, nonce, encrypt]),
+        signature::verify(
+            env.get("MsgSignature").expect("MsgSignature"),
+            &[TOKEN, ts, nonce, encrypt]
+        ),
         "reply signature verifies"
     );
-    let inner = AesKey::from_encoding_key(AES_KEY).expect("key").decrypt(encrypt, APP_ID).expect("reply opens");
+    let inner = AesKey::from_encoding_key(AES_KEY)
+        .expect("key")
+        .decrypt(encrypt, APP_ID)
+        .expect("reply opens");
     xml::parse(&inner).expect("inner reply is XML")
 }
 
@@ -200,7 +226,11 @@ impl TestApp {
     }
 
     /// POSTs `body` with `query`; returns status and body text.
-    pub async fn post(&self, query: &[(String, String)], body: impl Into<reqwest::Body>) -> (u16, String) {
+    pub async fn post(
+        &self,
+        query: &[(String, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
         let resp = self
             .client
             .post(self.webhook_url())

@@ -1,5 +1,8 @@
 //! Integration tests: one binary (one link) for all of them.
 
 mod helpers;
+mod hostile;
+mod interop;
 mod store_contract;
+mod two_nodes;
 mod webhook;

@@ -22,7 +22,9 @@ fn text(user: &str, msg_id: &str, content: &str) -> Inbound {
         message_id: Some(msg_id.into()),
         dedup_key: format!("m:{msg_id}:1:{user}"),
         sent_at: 1,
-        kind: InboundKind::Text { content: content.into() },
+        kind: InboundKind::Text {
+            content: content.into(),
+        },
     }
 }
 
@@ -35,15 +37,31 @@ async fn first_submission_creates_a_queued_job(backend: Backend) {
     let store = store_for(&db).await;
     let m = text("u1", "100", "月亮");
     let got = store
-        .submit(&Submission { inbound: &m, job_prompt: Some("月亮".into()), reply: reply("ok") })
+        .submit(&Submission {
+            inbound: &m,
+            job_prompt: Some("月亮".into()),
+            reply: reply("ok"),
+        })
         .await
         .expect("submit");
-    let Admission::Accepted { job_id: Some(id) } = got else { panic!("expected a job, got {got:?}") };
+    let Admission::Accepted { job_id: Some(id) } = got else {
+        panic!("expected a job, got {got:?}")
+    };
     let jobs = store.recent_jobs(10).await.expect("jobs");
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
-    assert_eq!((job.id, job.channel.as_str(), job.account.as_str()), (id, "wechat", "gh_a"));
-    assert_eq!((job.user_id.as_str(), job.source_msg_id.as_str(), job.prompt.as_str()), ("u1", "100", "月亮"));
+    assert_eq!(
+        (job.id, job.channel.as_str(), job.account.as_str()),
+        (id, "wechat", "gh_a")
+    );
+    assert_eq!(
+        (
+            job.user_id.as_str(),
+            job.source_msg_id.as_str(),
+            job.prompt.as_str()
+        ),
+        ("u1", "100", "月亮")
+    );
     assert_eq!(job.status, "queued");
     let age = time::OffsetDateTime::now_utc() - job.created_at;
     assert!(age.whole_seconds().abs() < 60, "created_at is now: {age}");
@@ -53,14 +71,36 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = store_for(&db).await;
     let m = text("u1", "101", "桂花");
-    let first = Submission { inbound: &m, job_prompt: Some("桂花".into()), reply: reply("first reply") };
-    assert!(matches!(store.submit(&first).await.expect("submit"), Admission::Accepted { job_id: Some(_) }));
+    let first = Submission {
+        inbound: &m,
+        job_prompt: Some("桂花".into()),
+        reply: reply("first reply"),
+    };
+    assert!(matches!(
+        store.submit(&first).await.expect("submit"),
+        Admission::Accepted { job_id: Some(_) }
+    ));
     // The retry computes a different reply; the stored one wins.
-    let retry = Submission { inbound: &m, job_prompt: Some("桂花".into()), reply: reply("other") };
+    let retry = Submission {
+        inbound: &m,
+        job_prompt: Some("桂花".into()),
+        reply: reply("other"),
+    };
     for _ in 0..3 {
-        assert_eq!(store.submit(&retry).await.expect("retry"), Admission::Duplicate { reply: reply("first reply") });
+        assert_eq!(
+            store.submit(&retry).await.expect("retry"),
+            Admission::Duplicate {
+                reply: reply("first reply")
+            }
+        );
     }
-    assert_eq!(store.counts().await.expect("counts"), huabi::store::Counts { inbound: 1, jobs: 1 });
+    assert_eq!(
+        store.counts().await.expect("counts"),
+        huabi::store::Counts {
+            inbound: 1,
+            jobs: 1
+        }
+    );
 }
 
 async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
@@ -72,14 +112,42 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
         kind: InboundKind::Event(Event::Subscribe { scene: None }),
         ..text("u2", "x", "")
     };
-    let s = Submission { inbound: &m, job_prompt: None, reply: reply("welcome") };
-    assert_eq!(store.submit(&s).await.expect("submit"), Admission::Accepted { job_id: None });
-    assert_eq!(store.submit(&s).await.expect("retry"), Admission::Duplicate { reply: reply("welcome") });
-    let silent = Inbound { dedup_key: "e:u2:6:unsubscribe:".into(), ..m.clone() };
-    let s = Submission { inbound: &silent, job_prompt: None, reply: Reply::None };
+    let s = Submission {
+        inbound: &m,
+        job_prompt: None,
+        reply: reply("welcome"),
+    };
+    assert_eq!(
+        store.submit(&s).await.expect("submit"),
+        Admission::Accepted { job_id: None }
+    );
+    assert_eq!(
+        store.submit(&s).await.expect("retry"),
+        Admission::Duplicate {
+            reply: reply("welcome")
+        }
+    );
+    let silent = Inbound {
+        dedup_key: "e:u2:6:unsubscribe:".into(),
+        ..m.clone()
+    };
+    let s = Submission {
+        inbound: &silent,
+        job_prompt: None,
+        reply: Reply::None,
+    };
     store.submit(&s).await.expect("submit");
-    assert_eq!(store.submit(&s).await.expect("retry"), Admission::Duplicate { reply: Reply::None });
-    assert_eq!(store.counts().await.expect("counts"), huabi::store::Counts { inbound: 2, jobs: 0 });
+    assert_eq!(
+        store.submit(&s).await.expect("retry"),
+        Admission::Duplicate { reply: Reply::None }
+    );
+    assert_eq!(
+        store.counts().await.expect("counts"),
+        huabi::store::Counts {
+            inbound: 2,
+            jobs: 0
+        }
+    );
 }
 
 async fn same_msg_id_from_different_users_or_accounts_are_different_messages(backend: Backend) {
@@ -87,10 +155,20 @@ async fn same_msg_id_from_different_users_or_accounts_are_different_messages(bac
     let store = store_for(&db).await;
     let a = text("ua", "7", "a");
     let b = text("ub", "7", "b");
-    let c = Inbound { account: "gh_other".into(), ..a.clone() };
+    let c = Inbound {
+        account: "gh_other".into(),
+        ..a.clone()
+    };
     for m in [&a, &b, &c] {
-        let s = Submission { inbound: m, job_prompt: Some("p".into()), reply: reply("r") };
-        assert!(matches!(store.submit(&s).await.expect("submit"), Admission::Accepted { job_id: Some(_) }));
+        let s = Submission {
+            inbound: m,
+            job_prompt: Some("p".into()),
+            reply: reply("r"),
+        };
+        assert!(matches!(
+            store.submit(&s).await.expect("submit"),
+            Admission::Accepted { job_id: Some(_) }
+        ));
     }
     assert_eq!(store.counts().await.expect("counts").jobs, 3);
 }
@@ -105,7 +183,11 @@ async fn concurrent_retries_admit_exactly_once(backend: Backend) {
             tasks.push(tokio::spawn(async move {
                 let m = text("racer", &format!("9{msg}"), "race");
                 store
-                    .submit(&Submission { inbound: &m, job_prompt: Some("race".into()), reply: reply("r") })
+                    .submit(&Submission {
+                        inbound: &m,
+                        job_prompt: Some("race".into()),
+                        reply: reply("r"),
+                    })
                     .await
                     .expect("submit")
             }));
@@ -120,7 +202,13 @@ async fn concurrent_retries_admit_exactly_once(backend: Backend) {
         }
     }
     assert_eq!(accepted, 10);
-    assert_eq!(store.counts().await.expect("counts"), huabi::store::Counts { inbound: 10, jobs: 10 });
+    assert_eq!(
+        store.counts().await.expect("counts"),
+        huabi::store::Counts {
+            inbound: 10,
+            jobs: 10
+        }
+    );
 }
 
 async fn unicode_and_quotes_survive_storage(backend: Backend) {
@@ -129,15 +217,28 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     let prompt = "嫦娥抱玉兔 '); DROP TABLE jobs; -- 🌕 \"quoted\" \\ ]]>";
     let m = text("u'1", "5", prompt);
     store
-        .submit(&Submission { inbound: &m, job_prompt: Some(prompt.into()), reply: reply(prompt) })
+        .submit(&Submission {
+            inbound: &m,
+            job_prompt: Some(prompt.into()),
+            reply: reply(prompt),
+        })
         .await
         .expect("submit");
     assert_eq!(store.recent_jobs(1).await.expect("jobs")[0].prompt, prompt);
     let dup = store
-        .submit(&Submission { inbound: &m, job_prompt: None, reply: Reply::None })
+        .submit(&Submission {
+            inbound: &m,
+            job_prompt: None,
+            reply: Reply::None,
+        })
         .await
         .expect("retry");
-    assert_eq!(dup, Admission::Duplicate { reply: reply(prompt) });
+    assert_eq!(
+        dup,
+        Admission::Duplicate {
+            reply: reply(prompt)
+        }
+    );
 }
 
 async fn migrations_are_idempotent_and_ping_works(backend: Backend) {
@@ -145,7 +246,13 @@ async fn migrations_are_idempotent_and_ping_works(backend: Backend) {
     let store = store_for(&db).await;
     store.migrate().await.expect("second migrate is a no-op");
     store.ping().await.expect("ping");
-    assert_eq!(store.backend(), match backend { Backend::Postgres => "postgres", Backend::Sqlite => "sqlite" });
+    assert_eq!(
+        store.backend(),
+        match backend {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    );
 }
 
 macro_rules! contract {
@@ -181,14 +288,26 @@ fn migration_folders_have_the_same_file_names() {
     };
     let pg = names(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"));
     assert!(!pg.is_empty());
-    assert_eq!(pg, names(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")));
+    assert_eq!(
+        pg,
+        names(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+    );
 }
 
 #[tokio::test]
 async fn unreachable_postgres_is_an_error_not_a_skip() {
-    let s = settings("postgres://postgres@127.0.0.1:1/none", &[("HUABI__DATABASE__ACQUIRE_TIMEOUT_SECS", "1")]);
+    let s = settings(
+        "postgres://postgres@127.0.0.1:1/none",
+        &[("HUABI__DATABASE__ACQUIRE_TIMEOUT_SECS", "1")],
+    );
     assert!(store::connect(&s.database).await.is_err());
     let s = settings("mysql://x", &[]);
-    let err = store::connect(&s.database).await.err().expect("unsupported");
-    assert!(err.to_string().contains("unsupported database URL"), "{err}");
+    let err = store::connect(&s.database)
+        .await
+        .err()
+        .expect("unsupported");
+    assert!(
+        err.to_string().contains("unsupported database URL"),
+        "{err}"
+    );
 }

@@ -9,7 +9,10 @@ const V2_BODY: &str = "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserNa
 const NO_SKEW_LIMIT: (&str, &str) = ("HUABI__WECHAT__MAX_CLOCK_SKEW_SECS", "9000000000");
 
 fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn received_text() -> String {
@@ -17,7 +20,15 @@ fn received_text() -> String {
 }
 
 async fn v1_url_verification_over_http(backend: Backend) {
-    let app = spawn_app_with(backend, &[("HUABI__WECHAT__TOKEN", "AAAAA"), ("HUABI__WECHAT__AES_KEY", ""), NO_SKEW_LIMIT]).await;
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("HUABI__WECHAT__TOKEN", "AAAAA"),
+            ("HUABI__WECHAT__AES_KEY", ""),
+            NO_SKEW_LIMIT,
+        ],
+    )
+    .await;
     let resp = app
         .client
         .get(app.webhook_url())
@@ -48,15 +59,30 @@ async fn v1_url_verification_over_http(backend: Backend) {
 }
 
 async fn v1_plaintext_post_signature_over_http(backend: Backend) {
-    let app = spawn_app_with(backend, &[("HUABI__WECHAT__TOKEN", "AAAAA"), ("HUABI__WECHAT__AES_KEY", ""), NO_SKEW_LIMIT]).await;
-    let query = q(&[("signature", "899cf89e464efb63f54ddac96b0a0a235f53aa78"), ("timestamp", "1714037059"), ("nonce", "486452656")]);
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("HUABI__WECHAT__TOKEN", "AAAAA"),
+            ("HUABI__WECHAT__AES_KEY", ""),
+            NO_SKEW_LIMIT,
+        ],
+    )
+    .await;
+    let query = q(&[
+        ("signature", "899cf89e464efb63f54ddac96b0a0a235f53aa78"),
+        ("timestamp", "1714037059"),
+        ("nonce", "486452656"),
+    ]);
     let (status, body) = app.post(&query, text_xml("o_v1", 1, "月下桂花")).await;
     assert_eq!(status, 200, "{body}");
     let reply = xml::parse(body.as_bytes()).expect("plain XML reply");
     assert_eq!(reply.get("Content"), Some(received_text().as_str()));
     assert_eq!(reply.get("ToUserName"), Some("o_v1"));
     assert_eq!(reply.get("FromUserName"), Some(ACCOUNT));
-    assert_eq!(app.store.recent_jobs(5).await.expect("jobs")[0].prompt, "月下桂花");
+    assert_eq!(
+        app.store.recent_jobs(5).await.expect("jobs")[0].prompt,
+        "月下桂花"
+    );
 }
 
 async fn v2_safe_mode_message_is_admitted_once_with_an_encrypted_reply(backend: Backend) {
@@ -79,7 +105,14 @@ async fn v2_safe_mode_message_is_admitted_once_with_an_encrypted_reply(backend: 
     assert!(replies.iter().all(|r| *r == received_text()), "{replies:?}");
     let jobs = app.store.recent_jobs(10).await.expect("jobs");
     assert_eq!(jobs.len(), 1, "three deliveries, one job");
-    assert_eq!((jobs[0].prompt.as_str(), jobs[0].user_id.as_str(), jobs[0].source_msg_id.as_str()), ("hello", "mycreate", "4561255354251345929"));
+    assert_eq!(
+        (
+            jobs[0].prompt.as_str(),
+            jobs[0].user_id.as_str(),
+            jobs[0].source_msg_id.as_str()
+        ),
+        ("hello", "mycreate", "4561255354251345929")
+    );
     assert_eq!(jobs[0].account, "wx5823bf96d3bd56c7");
 }
 
@@ -100,13 +133,24 @@ async fn compatible_mode_uses_the_ciphertext_and_encrypts_the_reply(backend: Bac
 async fn help_welcome_voice_image_and_unknown_kinds(backend: Backend) {
     let app = spawn_app(backend).await;
     let s = settings("sqlite://unused", &[]).replies;
-    let content = |body: &str| xml::parse(body.as_bytes()).expect("xml").get("Content").map(str::to_string);
+    let content = |body: &str| {
+        xml::parse(body.as_bytes())
+            .expect("xml")
+            .get("Content")
+            .map(str::to_string)
+    };
 
     let (status, body) = app.post_plain(&text_xml("u", 1, "帮助")).await;
     assert_eq!((status, content(&body)), (200, Some(s.help.clone())));
 
-    let base = format!("<ToUserName>{ACCOUNT}</ToUserName><FromUserName>u</FromUserName><CreateTime>1700000001</CreateTime>");
-    let (status, body) = app.post_plain(&format!("<xml>{base}<MsgType>event</MsgType><Event>subscribe</Event></xml>")).await;
+    let base = format!(
+        "<ToUserName>{ACCOUNT}</ToUserName><FromUserName>u</FromUserName><CreateTime>1700000001</CreateTime>"
+    );
+    let (status, body) = app
+        .post_plain(&format!(
+            "<xml>{base}<MsgType>event</MsgType><Event>subscribe</Event></xml>"
+        ))
+        .await;
     assert_eq!((status, content(&body)), (200, Some(s.welcome.clone())));
 
     let (status, body) = app
@@ -127,11 +171,18 @@ async fn help_welcome_voice_image_and_unknown_kinds(backend: Backend) {
         let (status, body) = app.post_plain(&format!("<xml>{base}{unknown}</xml>")).await;
         assert_eq!((status, body.as_str()), (200, "success"), "{unknown}");
     }
-    let (status, body) = app.post_plain(&format!("<xml>{base}<MsgType>event</MsgType><Event>CLICK</Event><EventKey>MENU</EventKey></xml>")).await;
+    let (status, body) = app
+        .post_plain(&format!(
+            "<xml>{base}<MsgType>event</MsgType><Event>CLICK</Event><EventKey>MENU</EventKey></xml>"
+        ))
+        .await;
     assert_eq!((status, content(&body)), (200, Some(s.help.clone())));
 
     let jobs = app.store.recent_jobs(10).await.expect("jobs");
-    assert_eq!(jobs.iter().map(|j| j.prompt.as_str()).collect::<Vec<_>>(), vec!["一只橘猫"]);
+    assert_eq!(
+        jobs.iter().map(|j| j.prompt.as_str()).collect::<Vec<_>>(),
+        vec!["一只橘猫"]
+    );
 }
 
 async fn refusals_store_nothing(backend: Backend) {
@@ -143,10 +194,30 @@ async fn refusals_store_nothing(backend: Backend) {
     let mut bad = plain_query(t, "n");
     bad[0].1 = signature::sign(&["wrong-token", &t.to_string(), "n"]);
     assert_eq!(app.post(&bad, good.clone()).await.0, 401);
-    assert_eq!(app.post(&q(&[("timestamp", &t.to_string()), ("nonce", "n")]), good.clone()).await.0, 401);
-    assert_eq!(app.post(&plain_query(t - 601, "n"), good.clone()).await.0, 401);
-    assert_eq!(app.post(&plain_query(t + 601, "n"), good.clone()).await.0, 401);
-    assert_eq!(app.post(&plain_query(t - 590, "n"), text_xml("o_fresh", 1, "x")).await.0, 200, "inside the skew is fine");
+    assert_eq!(
+        app.post(
+            &q(&[("timestamp", &t.to_string()), ("nonce", "n")]),
+            good.clone()
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        app.post(&plain_query(t - 601, "n"), good.clone()).await.0,
+        401
+    );
+    assert_eq!(
+        app.post(&plain_query(t + 601, "n"), good.clone()).await.0,
+        401
+    );
+    assert_eq!(
+        app.post(&plain_query(t - 590, "n"), text_xml("o_fresh", 1, "x"))
+            .await
+            .0,
+        200,
+        "inside the skew is fine"
+    );
     let before = app.counts().await;
 
     // Oversized body.
@@ -155,7 +226,10 @@ async fn refusals_store_nothing(backend: Backend) {
     assert_eq!(app.post(&plain_query(t, "n"), huge).await.0, 413);
 
     // DOCTYPE, in plaintext and inside the ciphertext.
-    let doctype = format!("<!DOCTYPE xml [<!ENTITY e SYSTEM \"file:///etc/passwd\">]>{}", text_xml("o_r", 502, "&e;"));
+    let doctype = format!(
+        "<!DOCTYPE xml [<!ENTITY e SYSTEM \"file:///etc/passwd\">]>{}",
+        text_xml("o_r", 502, "&e;")
+    );
     let (status, body) = app.post(&plain_query(t, "n"), doctype.clone()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("DOCTYPE"), "{body}");
@@ -163,8 +237,18 @@ async fn refusals_store_nothing(backend: Backend) {
     assert_eq!(app.post(&query, enc).await.0, 400);
 
     // Malformed XML and missing fields.
-    for body in ["", "hello", "<xml><ToUserName>g</ToUserName>", "<xml><MsgType>text</MsgType></xml>", "{\"json\":1}"] {
-        assert_eq!(app.post(&plain_query(t, "n"), body.to_string()).await.0, 400, "{body:?}");
+    for body in [
+        "",
+        "hello",
+        "<xml><ToUserName>g</ToUserName>",
+        "<xml><MsgType>text</MsgType></xml>",
+        "{\"json\":1}",
+    ] {
+        assert_eq!(
+            app.post(&plain_query(t, "n"), body.to_string()).await.0,
+            400,
+            "{body:?}"
+        );
     }
 
     // Encrypted: tampered ciphertext, wrong msg_signature, wrong AppID inside.
@@ -173,10 +257,20 @@ async fn refusals_store_nothing(backend: Backend) {
     assert_eq!(app.post(&query, tampered).await.0, 401);
     query[4].1 = "0".repeat(40);
     assert_eq!(app.post(&query, enc.clone()).await.0, 401);
-    let other_app = huabi::channel::wechat::crypto::AesKey::from_encoding_key(AES_KEY).expect("key").encrypt(text_xml("o_r", 504, "x").as_bytes(), "wx_other_app");
+    let other_app = huabi::channel::wechat::crypto::AesKey::from_encoding_key(AES_KEY)
+        .expect("key")
+        .encrypt(text_xml("o_r", 504, "x").as_bytes(), "wx_other_app");
     let ts = t.to_string();
     let body = format!("<xml><Encrypt><![CDATA[{other_app}]]></Encrypt></xml>");
-    let query = q(&[("timestamp", &ts), ("nonce", "n"), ("encrypt_type", "aes"), ("msg_signature", &signature::sign(&[TOKEN, &ts, "n", &other_app]))]);
+    let query = q(&[
+        ("timestamp", &ts),
+        ("nonce", "n"),
+        ("encrypt_type", "aes"),
+        (
+            "msg_signature",
+            &signature::sign(&[TOKEN, &ts, "n", &other_app]),
+        ),
+    ]);
     assert_eq!(app.post(&query, body).await.0, 400);
 
     assert_eq!(app.counts().await, before, "no refusal stored anything");
@@ -206,7 +300,13 @@ both!(
 async fn previous_key_still_opens_messages_after_rotation() {
     let app = spawn_app_with(
         Backend::Sqlite,
-        &[("HUABI__WECHAT__AES_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), ("HUABI__WECHAT__PREVIOUS_AES_KEY", AES_KEY)],
+        &[
+            (
+                "HUABI__WECHAT__AES_KEY",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ),
+            ("HUABI__WECHAT__PREVIOUS_AES_KEY", AES_KEY),
+        ],
     )
     .await;
     let (body, query) = encrypted_request(&text_xml("o_rot", 9, "old key"), now(), "n9");
@@ -227,7 +327,11 @@ async fn encrypted_request_without_a_configured_key_is_refused() {
 
 #[tokio::test]
 async fn unconfigured_token_answers_503() {
-    let app = spawn_app_with(Backend::Sqlite, &[("HUABI__WECHAT__TOKEN", ""), ("HUABI__WECHAT__AES_KEY", "")]).await;
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[("HUABI__WECHAT__TOKEN", ""), ("HUABI__WECHAT__AES_KEY", "")],
+    )
+    .await;
     assert_eq!(app.post_plain(&text_xml("o", 1, "x")).await.0, 503);
     assert_eq!(app.counts().await.inbound, 0);
 }
@@ -239,6 +343,14 @@ async fn health_ready_and_metrics() {
     assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
     assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
     app.post_plain(&text_xml("o_m", 1, "x")).await;
-    let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("huabi_webhook_admitted_total"), "{metrics}");
+    let metrics = get("/metrics")
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("huabi_webhook_admitted_total"),
+        "{metrics}"
+    );
 }
