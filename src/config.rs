@@ -169,10 +169,10 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(huabi_env.clone())),
         );
-        if !huabi_env.contains_key("HUABI__DATABASE__URL") {
-            if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
-                builder = builder.set_override("database.url", url.as_str())?;
-            }
+        if !huabi_env.contains_key("HUABI__DATABASE__URL")
+            && let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty())
+        {
+            builder = builder.set_override("database.url", url.as_str())?;
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;

@@ -37,10 +37,9 @@ async fn wait_ready(client: &reqwest::Client, port: u16, node: &mut Child) {
             .get(format!("http://127.0.0.1:{port}/readyz"))
             .send()
             .await
+            && resp.status().is_success()
         {
-            if resp.status().is_success() {
-                return;
-            }
+            return;
         }
         if let Ok(Some(status)) = node.try_wait() {
             panic!("node on port {port} exited early: {status}");

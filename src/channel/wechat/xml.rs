@@ -124,10 +124,10 @@ pub fn parse(body: &[u8]) -> Result<Fields, XmlError> {
                 }
             }
             XmlEvent::End(_) => {
-                if depth == 2 {
-                    if let Some((name, value)) = current.take() {
-                        push_field(&mut fields, name, value)?;
-                    }
+                if depth == 2
+                    && let Some((name, value)) = current.take()
+                {
+                    push_field(&mut fields, name, value)?;
                 }
                 depth = depth.saturating_sub(1);
             }
