@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
 use super::{AppState, error::ApiError};
+use crate::channel::Reply;
 use crate::channel::wechat::WebhookQuery;
 use crate::command;
 use crate::store::{Admission, Submission};
@@ -51,7 +52,7 @@ pub async fn receive_wechat(
         }
     };
     let body = state.wechat.render_reply(&received, &reply, now());
-    let content_type = if body == "success" {
+    let content_type = if reply == Reply::None {
         "text/plain; charset=utf-8"
     } else {
         "application/xml; charset=utf-8"

@@ -117,14 +117,12 @@ impl WechatChannel {
     /// Builds the channel from settings (keys were validated when the settings were loaded).
     pub fn new(settings: &WechatSettings) -> Result<Self, CryptoError> {
         let mut keys = Vec::new();
-        for key in [&settings.aes_key, &settings.previous_aes_key] {
-            let key = key.expose_secret();
-            if !key.is_empty() {
-                keys.push(AesKey::from_encoding_key(key)?);
+        if !settings.aes_key.expose_secret().is_empty() {
+            for key in [&settings.aes_key, &settings.previous_aes_key] {
+                if !key.expose_secret().is_empty() {
+                    keys.push(AesKey::from_encoding_key(key.expose_secret())?);
+                }
             }
-        }
-        if settings.aes_key.expose_secret().is_empty() {
-            keys.clear();
         }
         Ok(Self {
             token: settings.token.clone(),
@@ -251,7 +249,8 @@ impl WechatChannel {
         match &received.mode {
             ReplyMode::Plain => plain,
             ReplyMode::Encrypted { key_index, nonce } => {
-                let key = &self.keys[(*key_index).min(self.keys.len() - 1)];
+                // receive() only yields Encrypted with the index of a configured key.
+                let key = &self.keys[*key_index];
                 let encrypt = key.encrypt(plain.as_bytes(), &self.app_id);
                 let timestamp = now.to_string();
                 let msg_signature =
