@@ -141,7 +141,7 @@ proptest! {
         mutations in proptest::collection::vec(mutation(), 1..4),
     ) {
         let (body, query) = encrypted_request(&text_xml("o_prop", msg_id, "mutate me"), now(), "p");
-        let start = body.find("<![CDATA[").expect("cdata") + 9;
+        let start = body.find("<Encrypt><![CDATA[").expect("cdata") + "<Encrypt><![CDATA[".len();
         let end = body.rfind("]]></Encrypt>").expect("end");
         let mut encrypt = body.as_bytes()[start..end].to_vec();
         let original = encrypt.clone();
