@@ -1,0 +1,157 @@
+"""Reference values from diffusers for huabi's engine tests (committed under tests/fixtures/diffusers/).
+
+1. schedulers.json: for each scheduler huabi supports and several spacings/step counts, diffusers' timesteps,
+   sigmas, init_noise_sigma, scale_model_input of a known sample, and a 3-step trajectory with a known model output.
+2. pipeline-<scheduler>.npy: diffusers' own OnnxStableDiffusionPipeline output on models/tiny-sd from fixed initial
+   latents (init-latents.npy), 64x64, 6 steps, guidance 7.5 — huabi must match within 1e-3.
+
+Random draws (initial latents, and the noise Euler ancestral and LCM add each step) come from huabi's own
+generator (SplitMix64 + Box-Muller, re-implemented below), so huabi can reproduce them exactly: diffusers'
+randn_tensor is patched to draw from it.
+
+Usage: python scripts/diffusers_reference.py  (needs scripts/requirements-model.txt)
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+OUT = "tests/fixtures/diffusers"
+MODEL = "models/tiny-sd"
+PROMPT = "a photo of the moon, mid-autumn festival"
+STEPS = 6
+SEED = 42
+
+
+class Noise:
+    """huabi's engine::noise::Noise: SplitMix64 -> uniform (0,1) -> Box-Muller pairs."""
+
+    def __init__(self, seed):
+        self.seed = np.uint64(seed)
+        self.drawn = 0  # u64 values consumed
+
+    def _u64(self, count):
+        with np.errstate(over="ignore"):
+            k = np.arange(self.drawn + 1, self.drawn + count + 1, dtype=np.uint64)
+            z = self.seed + k * GOLDEN
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        self.drawn += count
+        return z
+
+    def normals(self, n):
+        pairs = (n + 1) // 2
+        u = ((self._u64(2 * pairs) >> np.uint64(11)).astype(np.float64) + 0.5) / float(2**53)
+        u1, u2 = u[0::2], u[1::2]
+        r = np.sqrt(-2.0 * np.log(u1))
+        out = np.empty(2 * pairs)
+        out[0::2] = r * np.cos(2 * np.pi * u2)
+        out[1::2] = r * np.sin(2 * np.pi * u2)
+        return out[:n].astype(np.float32)
+
+
+def patch_noise(stream):
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea
+    import diffusers.schedulers.scheduling_lcm as lcm
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, **_):
+        n = int(np.prod(shape))
+        return torch.from_numpy(stream.normals(n).reshape(shape)).to(dtype or torch.float32)
+
+    ea.randn_tensor = randn_tensor
+    lcm.randn_tensor = randn_tensor
+
+
+def schedulers():
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LCMScheduler
+
+    return {
+        "euler": (EulerDiscreteScheduler, {}),
+        "euler_a": (EulerAncestralDiscreteScheduler, {}),
+        "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+        "ddim": (DDIMScheduler, {}),
+        "lcm": (LCMScheduler, {}),
+    }
+
+
+def scheduler_reference(base_config):
+    cases = []
+    x0 = Noise(7).normals(64).reshape(1, 4, 4, 4)
+    c = Noise(8).normals(64).reshape(1, 4, 4, 4)
+    for name, (cls, extra) in schedulers().items():
+        for spacing in ["leading", "linspace", "trailing"]:
+            for n in [1, 4, 20]:
+                cfg = dict(base_config, timestep_spacing=spacing, **extra)
+                s = cls.from_config(cfg)
+                s.set_timesteps(n)
+                stream = Noise(9)
+                patch_noise(stream)
+                x = torch.from_numpy(x0.copy())
+                traj = []
+                scaled = s.scale_model_input(x, s.timesteps[0]).numpy().ravel().tolist()
+                for t in s.timesteps[:3]:
+                    eps = 0.3 * x + torch.from_numpy(c)
+                    x = s.step(eps, t, x).prev_sample
+                    traj.append(x.numpy().ravel().tolist())
+                sigmas = getattr(s, "sigmas", None)
+                cases.append({
+                    "scheduler": name, "spacing": spacing, "steps": n,
+                    "timesteps": [float(t) for t in s.timesteps],
+                    "sigmas": [float(v) for v in sigmas] if sigmas is not None and name != "ddim" and name != "lcm" else None,
+                    "init_noise_sigma": float(s.init_noise_sigma),
+                    "scaled_first": scaled,
+                    "trajectory": traj,
+                })
+    return {"x0_seed": 7, "c_seed": 8, "noise_seed": 9, "shape": [1, 4, 4, 4], "model_output": "0.3 * x + c", "cases": cases}
+
+
+def float_init_sigma(cls):
+    """diffusers 0.42's (deprecated) ONNX pipeline multiplies a numpy array by init_noise_sigma, which Euler now
+    returns as a tensor; present it as a float, as the pipeline expects. Nothing else changes."""
+    prop = getattr(cls, "init_noise_sigma", None)
+    if isinstance(prop, property):
+        return type(cls.__name__, (cls,), {"init_noise_sigma": property(lambda s: float(prop.fget(s)))})
+    return cls
+
+
+def pipeline_reference(base_config):
+    from diffusers import OnnxStableDiffusionPipeline
+
+    latents = Noise(SEED).normals(4 * 8 * 8).reshape(1, 4, 8, 8)
+    np.save(f"{OUT}/init-latents.npy", latents)
+    summary = {}
+    for name, (cls, extra) in schedulers().items():
+        scheduler = float_init_sigma(cls).from_config(dict(base_config, **extra))
+        pipe = OnnxStableDiffusionPipeline.from_pretrained(MODEL, provider="CPUExecutionProvider", scheduler=scheduler,
+                                                           vae_encoder=None, safety_checker=None, feature_extractor=None,
+                                                           requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        stream = Noise(SEED)
+        stream.normals(4 * 8 * 8)  # the initial latents come first in the item's stream
+        patch_noise(stream)
+        image = pipe(PROMPT, negative_prompt="", height=64, width=64, num_inference_steps=STEPS, guidance_scale=7.5,
+                     latents=latents.copy(), output_type="np").images[0]
+        np.save(f"{OUT}/pipeline-{name}.npy", image.astype(np.float32))
+        summary[name] = {"mean": float(image.mean()), "std": float(image.std())}
+    return summary
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    with open(f"{MODEL}/scheduler/scheduler_config.json") as f:
+        base = json.load(f)
+    base = {k: v for k, v in base.items() if not k.startswith("_")}
+    with open(f"{OUT}/schedulers.json", "w") as f:
+        json.dump(scheduler_reference(base), f)
+    summary = pipeline_reference(base)
+    with open(f"{OUT}/pipeline.json", "w") as f:
+        json.dump({"prompt": PROMPT, "negative": "", "steps": STEPS, "guidance": 7.5, "width": 64, "height": 64,
+                   "seed": SEED, "images": summary}, f, indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
