@@ -12,6 +12,8 @@ pub mod cli;
 pub mod command;
 /// Settings from defaults, file and environment.
 pub mod config;
+/// Stable Diffusion on ONNX Runtime.
+pub mod engine;
 /// The HTTP surface.
 pub mod http;
 /// Durable state on PostgreSQL or SQLite.
