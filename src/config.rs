@@ -39,6 +39,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The WeChat Official Account.
     pub wechat: WechatSettings,
+    /// The painting engine.
+    pub engine: crate::engine::EngineConfig,
     /// Reply texts.
     pub replies: ReplySettings,
     /// Logging.
@@ -174,6 +176,11 @@ impl Settings {
         {
             builder = builder.set_override("database.url", url.as_str())?;
         }
+        if !huabi_env.contains_key("HUABI__ENGINE__ORT_DYLIB_PATH") {
+            if let Some(path) = env.get("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+                builder = builder.set_override("engine.ort_dylib_path", path.as_str())?;
+            }
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -237,6 +244,24 @@ mod tests {
         assert_eq!(s.database.url, "sqlite://data/huabi.db?mode=rwc");
         assert_eq!(s.wechat.max_clock_skew_secs, 600);
         assert_eq!(s.server.body_limit_bytes, 65536);
+        assert_eq!(
+            s.engine.model_dir,
+            std::path::PathBuf::from("models/tiny-sd")
+        );
+        assert_eq!(s.engine.device, "cpu");
+    }
+
+    #[test]
+    fn ort_dylib_path_comes_from_ort_s_own_variable_unless_configured() {
+        let s =
+            Settings::load_from(env(&[("ORT_DYLIB_PATH", "/x/libonnxruntime.so")])).expect("valid");
+        assert_eq!(s.engine.ort_dylib_path, "/x/libonnxruntime.so");
+        let s = Settings::load_from(env(&[
+            ("ORT_DYLIB_PATH", "/x/libonnxruntime.so"),
+            ("HUABI__ENGINE__ORT_DYLIB_PATH", "/y/lib.so"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.engine.ort_dylib_path, "/y/lib.so");
     }
 
     #[test]

@@ -1,4 +1,133 @@
-//! The Stable Diffusion engine on ONNX Runtime. Knows nothing of users, jobs or channels.
+//! The Stable Diffusion engine on ONNX Runtime. Knows nothing of users, jobs or channels: it turns a [`Batch`] of
+//! prompts into pictures. The rest of huabi imports only the items re-exported here.
 
+mod model;
 pub mod noise;
+pub mod npy;
+mod pipeline;
+mod runtime;
 pub mod scheduler;
+mod tokenizer;
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use model::{ModelFolder, ModelIo};
+pub use pipeline::{Generated, Progress, StableDiffusion, StageTimings};
+pub use runtime::{Device, default_library_candidates};
+pub use scheduler::SchedulerKind;
+pub use tokenizer::{ClipTokenizer, normalize_prompt};
+
+/// Engine failures; each message says what is wrong and, where it can, what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The ONNX Runtime library could not be found or loaded.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    /// The model folder is incomplete or has a layout huabi does not support.
+    #[error("model {path}: {reason}")]
+    Model {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// The request cannot be generated as asked.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// ONNX Runtime failed while running a model.
+    #[error("inference: {0}")]
+    Inference(String),
+}
+
+impl From<ort::Error> for EngineError {
+    fn from(e: ort::Error) -> Self {
+        EngineError::Inference(e.to_string())
+    }
+}
+
+impl From<scheduler::SchedulerError> for EngineError {
+    fn from(e: scheduler::SchedulerError) -> Self {
+        EngineError::Invalid(e.to_string())
+    }
+}
+
+/// `[engine]` settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineConfig {
+    /// A Stable Diffusion folder in the diffusers/optimum ONNX layout.
+    pub model_dir: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Intra-op threads per session; 0 = all cores.
+    pub threads: usize,
+    /// The ONNX Runtime library; empty = `ORT_DYLIB_PATH`, then what `scripts/fetch-ort` fetched.
+    pub ort_dylib_path: String,
+    /// Widest image accepted.
+    pub max_width: u32,
+    /// Tallest image accepted.
+    pub max_height: u32,
+    /// Most items in one batch.
+    pub max_batch: usize,
+    /// Longest prompt accepted, in characters (CLIP reads 75 tokens; longer text is truncated).
+    pub max_prompt_chars: usize,
+}
+
+/// What every item of a batch shares: one UNet call per step serves them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchKey {
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: usize,
+    /// The scheduler.
+    pub scheduler: SchedulerKind,
+}
+
+/// One picture to paint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// What to paint.
+    pub prompt: String,
+    /// What to avoid ("" for none).
+    pub negative_prompt: String,
+    /// The seed of this item's noise.
+    pub seed: u64,
+    /// Classifier-free guidance scale (≤ 1 disables guidance for this item).
+    pub guidance: f32,
+    /// Initial latents (unit-variance noise, shape [4, H/f, W/f]) instead of the seed's.
+    pub init_latents: Option<Vec<f32>>,
+}
+
+/// Items painted together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// What the items share.
+    pub key: BatchKey,
+    /// The items, in order; the output images follow the same order.
+    pub items: Vec<Item>,
+}
+
+/// An RGB picture with channel values in [0, 1], row-major, 3 values a pixel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Picture {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `height * width * 3` values.
+    pub rgb: Vec<f32>,
+}
+
+impl Picture {
+    /// 8-bit RGB bytes (rounded).
+    pub fn to_rgb8(&self) -> Vec<u8> {
+        self.rgb
+            .iter()
+            .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (one link) for all of them.
 
+mod engine;
 mod helpers;
 mod hostile;
 mod interop;

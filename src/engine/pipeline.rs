@@ -1,0 +1,427 @@
+//! Text-to-image: tokenize → text encoder (conditional and unconditional rows in one batch) → seeded latents →
+//! one batched UNet call per step with classifier-free guidance → VAE decode, one item at a time.
+
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType};
+
+use super::model::{ModelFolder, ModelIo, Port};
+use super::noise::Noise;
+use super::runtime::{self, Device};
+use super::scheduler::{self, Scheduler};
+use super::tokenizer::{ClipTokenizer, MAX_TOKENS};
+use super::{Batch, EngineConfig, EngineError, Picture};
+
+/// Latent channels of SD 1.x/2.x.
+const LATENT_CHANNELS: usize = 4;
+
+/// Where the time of one batch went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Tokenizing and the text encoder.
+    pub text: Duration,
+    /// All UNet steps, scheduler included.
+    pub denoise: Duration,
+    /// VAE decoding.
+    pub decode: Duration,
+    /// The whole batch.
+    pub total: Duration,
+}
+
+/// Progress reported after each denoising step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Steps done.
+    pub done: usize,
+    /// Steps in all.
+    pub total: usize,
+}
+
+/// The pictures of one batch, in item order, and where the time went.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// One picture per item.
+    pub pictures: Vec<Picture>,
+    /// Stage timings.
+    pub timings: StageTimings,
+}
+
+/// A loaded Stable Diffusion pipeline: three sessions, the tokenizer and the folder's configuration.
+pub struct StableDiffusion {
+    folder: ModelFolder,
+    io: ModelIo,
+    tokenizer: ClipTokenizer,
+    text_encoder: Session,
+    unet: Session,
+    vae: Session,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for StableDiffusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableDiffusion")
+            .field("folder", &self.folder.root)
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> EngineError {
+    EngineError::Invalid(msg.into())
+}
+
+/// A tensor of `port`'s element type from float values.
+fn float_tensor(
+    dtype: TensorElementType,
+    shape: Vec<i64>,
+    data: &[f32],
+) -> Result<DynValue, EngineError> {
+    Ok(match dtype {
+        TensorElementType::Float16 => {
+            let half: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            Tensor::from_array((shape, half))?.into_dyn()
+        }
+        _ => Tensor::from_array((shape, data.to_vec()))?.into_dyn(),
+    })
+}
+
+/// Float values (f32 or f16) and the shape of an output.
+fn float_values(value: &DynValue) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+    if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+        return Ok((shape.iter().copied().collect(), data.to_vec()));
+    }
+    let (shape, data) = value.try_extract_tensor::<half::f16>()?;
+    Ok((
+        shape.iter().copied().collect(),
+        data.iter().map(|v| v.to_f32()).collect(),
+    ))
+}
+
+fn timestep_tensor(port: &Port, t: f32, rows: usize) -> Result<DynValue, EngineError> {
+    let (shape, count): (Vec<i64>, usize) = match port.dims.as_slice() {
+        [] => (vec![], 1),
+        [1] => (vec![1], 1),
+        _ => (vec![rows as i64], rows),
+    };
+    Ok(match port.dtype {
+        TensorElementType::Int64 => Tensor::from_array((shape, vec![t as i64; count]))?.into_dyn(),
+        TensorElementType::Int32 => Tensor::from_array((shape, vec![t as i32; count]))?.into_dyn(),
+        dtype => float_tensor(dtype, shape, &vec![t; count])?,
+    })
+}
+
+impl StableDiffusion {
+    /// Loads ONNX Runtime, checks the model folder and opens the three sessions.
+    pub fn load(config: &EngineConfig) -> Result<Self, EngineError> {
+        let device: Device = config.device.parse()?;
+        let folder = ModelFolder::inspect(&config.model_dir)?;
+        let tokenizer = ClipTokenizer::from_dir(&folder.root.join("tokenizer"))?;
+        let env = runtime::environment(config, device)?;
+        let open = |component: &str| {
+            runtime::open_session(&env, &folder.onnx(component), device, config.threads)
+        };
+        let text_encoder = open("text_encoder")?;
+        let unet = open("unet")?;
+        let vae = open("vae_decoder")?;
+        let io = ModelIo::read(&folder, &text_encoder, &unet, &vae)?;
+        Ok(Self {
+            folder,
+            io,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            config: config.clone(),
+        })
+    }
+
+    /// The model folder's configuration.
+    pub fn folder(&self) -> &ModelFolder {
+        &self.folder
+    }
+
+    /// The sessions' inputs and outputs.
+    pub fn io(&self) -> &ModelIo {
+        &self.io
+    }
+
+    /// Latent height and width for a picture size.
+    fn latent_size(&self, width: u32, height: u32) -> (usize, usize) {
+        let f = self.folder.vae_scale_factor;
+        ((height / f) as usize, (width / f) as usize)
+    }
+
+    /// Refuses what cannot be generated, with a message that says why.
+    pub fn validate(&self, batch: &Batch) -> Result<(), EngineError> {
+        let key = &batch.key;
+        let f = self.folder.vae_scale_factor;
+        let multiple = f.max(8);
+        if batch.items.is_empty() {
+            return Err(invalid("the batch has no items"));
+        }
+        if batch.items.len() > self.config.max_batch {
+            return Err(invalid(format!(
+                "batch of {} exceeds engine.max_batch {}",
+                batch.items.len(),
+                self.config.max_batch
+            )));
+        }
+        for (name, value, max) in [
+            ("width", key.width, self.config.max_width),
+            ("height", key.height, self.config.max_height),
+        ] {
+            if value == 0 || value % multiple != 0 {
+                return Err(invalid(format!(
+                    "{name} {value} must be a positive multiple of {multiple}"
+                )));
+            }
+            if value > max {
+                return Err(invalid(format!("{name} {value} exceeds the maximum {max}")));
+            }
+        }
+        let (h, w) = self.latent_size(key.width, key.height);
+        for (i, item) in batch.items.iter().enumerate() {
+            for (what, text) in [
+                ("prompt", &item.prompt),
+                ("negative prompt", &item.negative_prompt),
+            ] {
+                let chars = text.chars().count();
+                if chars > self.config.max_prompt_chars {
+                    return Err(invalid(format!(
+                        "item {i}: {what} has {chars} characters; the most is {}",
+                        self.config.max_prompt_chars
+                    )));
+                }
+            }
+            if item.prompt.trim().is_empty() {
+                return Err(invalid(format!("item {i}: the prompt is empty")));
+            }
+            if !item.guidance.is_finite() || !(0.0..=50.0).contains(&item.guidance) {
+                return Err(invalid(format!(
+                    "item {i}: guidance {} must be between 0 and 50",
+                    item.guidance
+                )));
+            }
+            if let Some(latents) = &item.init_latents {
+                let want = LATENT_CHANNELS * h * w;
+                if latents.len() != want {
+                    return Err(invalid(format!(
+                        "item {i}: initial latents have {} values; {width}x{height} needs [1, 4, {h}, {w}] = {want}",
+                        latents.len(),
+                        width = key.width,
+                        height = key.height
+                    )));
+                }
+                if latents.iter().any(|v| !v.is_finite()) {
+                    return Err(invalid(format!(
+                        "item {i}: initial latents contain NaN or infinity"
+                    )));
+                }
+            }
+        }
+        scheduler::build(key.scheduler, &self.folder.scheduler, key.steps)?;
+        Ok(())
+    }
+
+    /// Paints every item of the batch in one pass; `on_step` is told after each denoising step.
+    pub fn generate(
+        &mut self,
+        batch: &Batch,
+        on_step: &mut dyn FnMut(Progress),
+    ) -> Result<Generated, EngineError> {
+        self.validate(batch)?;
+        let started = Instant::now();
+        let key = batch.key;
+        let items = &batch.items;
+        let b = items.len();
+        let guided = items.iter().any(|i| i.guidance > 1.0);
+        let rows = if guided { 2 * b } else { b };
+
+        // Text: [negatives…, prompts…] when guided (diffusers' order), else prompts.
+        let mut texts: Vec<&str> = Vec::with_capacity(rows);
+        if guided {
+            texts.extend(items.iter().map(|i| i.negative_prompt.as_str()));
+        }
+        texts.extend(items.iter().map(|i| i.prompt.as_str()));
+        let embeddings = self.encode_text(&texts)?;
+        let text_done = started.elapsed();
+
+        // Latents and one scheduler per item.
+        let (h, w) = self.latent_size(key.width, key.height);
+        let per_item = LATENT_CHANNELS * h * w;
+        let mut noises: Vec<Noise> = Vec::with_capacity(b);
+        let mut latents: Vec<Vec<f32>> = Vec::with_capacity(b);
+        let mut schedulers: Vec<Box<dyn Scheduler>> = Vec::with_capacity(b);
+        for item in items {
+            // The stream always yields the latents first, so given latents equal to the seed's change nothing.
+            let mut noise = Noise::new(item.seed);
+            let mut x = noise.normals(per_item);
+            if let Some(given) = &item.init_latents {
+                x.copy_from_slice(given);
+            }
+            let s = scheduler::build(key.scheduler, &self.folder.scheduler, key.steps)?;
+            let sigma = s.init_noise_sigma();
+            x.iter_mut().for_each(|v| *v *= sigma);
+            noises.push(noise);
+            latents.push(x);
+            schedulers.push(s);
+        }
+
+        let timesteps: Vec<f32> = schedulers[0].timesteps().to_vec();
+        let sample_shape = vec![rows as i64, LATENT_CHANNELS as i64, h as i64, w as i64];
+        let mut model_input = vec![0.0f32; rows * per_item];
+        for (index, &t) in timesteps.iter().enumerate() {
+            for (i, (x, s)) in latents.iter().zip(&schedulers).enumerate() {
+                let mut scaled = x.clone();
+                s.scale_model_input(&mut scaled, index);
+                model_input[i * per_item..(i + 1) * per_item].copy_from_slice(&scaled);
+                if guided {
+                    model_input[(b + i) * per_item..(b + i + 1) * per_item]
+                        .copy_from_slice(&scaled);
+                }
+            }
+            let noise_pred =
+                self.run_unet(&model_input, sample_shape.clone(), t, &embeddings, rows)?;
+            for (i, item) in items.iter().enumerate() {
+                let eps: Vec<f32> = if guided {
+                    let uncond = &noise_pred[i * per_item..(i + 1) * per_item];
+                    let cond = &noise_pred[(b + i) * per_item..(b + i + 1) * per_item];
+                    if item.guidance > 1.0 {
+                        uncond
+                            .iter()
+                            .zip(cond)
+                            .map(|(&u, &c)| u + item.guidance * (c - u))
+                            .collect()
+                    } else {
+                        cond.to_vec()
+                    }
+                } else {
+                    noise_pred[i * per_item..(i + 1) * per_item].to_vec()
+                };
+                schedulers[i].step(index, &eps, &mut latents[i], &mut noises[i]);
+            }
+            on_step(Progress {
+                done: index + 1,
+                total: timesteps.len(),
+            });
+        }
+        let denoise_done = started.elapsed();
+
+        let mut pictures = Vec::with_capacity(b);
+        for x in &latents {
+            pictures.push(self.decode(x, h, w)?);
+        }
+        let total = started.elapsed();
+        Ok(Generated {
+            pictures,
+            timings: StageTimings {
+                text: text_done,
+                denoise: denoise_done - text_done,
+                decode: total - denoise_done,
+                total,
+            },
+        })
+    }
+
+    /// Per-token embeddings `[rows, 77, D]` of the texts, flattened.
+    fn encode_text(&mut self, texts: &[&str]) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+        let mut ids: Vec<i64> = Vec::with_capacity(texts.len() * MAX_TOKENS);
+        for text in texts {
+            ids.extend(self.tokenizer.encode(text)?);
+        }
+        let shape = vec![texts.len() as i64, MAX_TOKENS as i64];
+        let input = match self.io.input_ids.dtype {
+            TensorElementType::Int32 => {
+                Tensor::from_array((shape, ids.iter().map(|&v| v as i32).collect::<Vec<_>>()))?
+                    .into_dyn()
+            }
+            _ => Tensor::from_array((shape, ids))?.into_dyn(),
+        };
+        let outputs = self
+            .text_encoder
+            .run(vec![(self.io.input_ids.name.as_str(), input)])?;
+        let value = outputs.get(&self.io.hidden_states).ok_or_else(|| {
+            EngineError::Inference(format!(
+                "text encoder returned no {}",
+                self.io.hidden_states
+            ))
+        })?;
+        float_values(value)
+    }
+
+    fn run_unet(
+        &mut self,
+        sample: &[f32],
+        shape: Vec<i64>,
+        t: f32,
+        embeddings: &(Vec<i64>, Vec<f32>),
+        rows: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let io = &self.io;
+        let inputs = vec![
+            (
+                io.sample.name.as_str(),
+                float_tensor(io.sample.dtype, shape, sample)?,
+            ),
+            (
+                io.timestep.name.as_str(),
+                timestep_tensor(&io.timestep, t, rows)?,
+            ),
+            (
+                io.encoder_hidden_states.name.as_str(),
+                float_tensor(
+                    io.encoder_hidden_states.dtype,
+                    embeddings.0.clone(),
+                    &embeddings.1,
+                )?,
+            ),
+        ];
+        let outputs = self.unet.run(inputs)?;
+        let value = outputs
+            .get(&io.noise_pred)
+            .ok_or_else(|| EngineError::Inference(format!("unet returned no {}", io.noise_pred)))?;
+        let (_, values) = float_values(value)?;
+        if values.len() != sample.len() {
+            return Err(EngineError::Inference(format!(
+                "unet returned {} values for {} inputs",
+                values.len(),
+                sample.len()
+            )));
+        }
+        Ok(values)
+    }
+
+    /// Decodes one item's latents into a picture.
+    fn decode(&mut self, latents: &[f32], h: usize, w: usize) -> Result<Picture, EngineError> {
+        let inv = (1.0 / self.folder.latent_scaling as f64) as f32;
+        let scaled: Vec<f32> = latents.iter().map(|v| v * inv).collect();
+        let shape = vec![1, LATENT_CHANNELS as i64, h as i64, w as i64];
+        let input = float_tensor(self.io.latent_sample.dtype, shape, &scaled)?;
+        let outputs = self
+            .vae
+            .run(vec![(self.io.latent_sample.name.as_str(), input)])?;
+        let value = outputs.get(&self.io.image).ok_or_else(|| {
+            EngineError::Inference(format!("vae decoder returned no {}", self.io.image))
+        })?;
+        let (shape, chw) = float_values(value)?;
+        let [_, 3, height, width] = shape[..] else {
+            return Err(EngineError::Inference(format!(
+                "vae decoder returned shape {shape:?}, expected [1, 3, H, W]"
+            )));
+        };
+        let (height, width) = (height as usize, width as usize);
+        let plane = height * width;
+        let mut rgb = vec![0.0f32; plane * 3];
+        for c in 0..3 {
+            for p in 0..plane {
+                rgb[p * 3 + c] = (chw[c * plane + p] / 2.0 + 0.5).clamp(0.0, 1.0);
+            }
+        }
+        Ok(Picture {
+            width: width as u32,
+            height: height as u32,
+            rgb,
+        })
+    }
+}

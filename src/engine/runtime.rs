@@ -1,0 +1,162 @@
+//! Loading ONNX Runtime (ort's `load-dynamic`) once per process, and the device sessions run on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use super::{EngineConfig, EngineError};
+
+/// The ONNX Runtime version huabi is built against (ort 2.0.0-rc.15, API 31).
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Where sessions run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// The CUDA provider on GPU `N` (requires the `cuda` feature and onnxruntime-gpu).
+    Cuda(i32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0)
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!("device {s:?}: use cpu, cuda or cuda:N"))
+                }),
+        }
+    }
+}
+
+/// Library paths tried when none is configured: what `scripts/fetch-ort` fetched, relative to the working
+/// directory and to the executable (target/{debug,release}/huabi and target/debug/deps/<test> → the project root).
+pub fn default_library_candidates(device: Device) -> Vec<PathBuf> {
+    let flavour = if matches!(device, Device::Cuda(_)) {
+        "gpu"
+    } else {
+        "cpu"
+    };
+    let rel = PathBuf::from(".ort")
+        .join(flavour)
+        .join(format!("libonnxruntime.so.{ORT_VERSION}"));
+    let mut out = vec![rel.clone()];
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1).take(4) {
+            out.push(up.join(&rel));
+        }
+    }
+    out
+}
+
+/// The process-wide environment: ONNX Runtime can be loaded only once per process.
+static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+
+/// Loads ONNX Runtime from the configured path (or the defaults) and returns the environment.
+pub fn environment(config: &EngineConfig, device: Device) -> Result<Environment, EngineError> {
+    let mut slot = ENVIRONMENT
+        .lock()
+        .map_err(|_| EngineError::Runtime("environment lock poisoned".into()))?;
+    if let Some((_, env)) = slot.as_ref() {
+        return Ok(env.clone());
+    }
+    let path = resolve_library(config, device)?;
+    let builder = ort::init_from(&path).map_err(|e| {
+        EngineError::Runtime(format!(
+            "cannot load {} ({e}); huabi needs ONNX Runtime {ORT_VERSION}: run scripts/fetch-ort{}",
+            path.display(),
+            if matches!(device, Device::Cuda(_)) {
+                " --gpu"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    let env = builder
+        .with_name("huabi")
+        .build()
+        .map_err(|e| EngineError::Runtime(e.to_string()))?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    *slot = Some((path, env.clone()));
+    Ok(env)
+}
+
+fn resolve_library(config: &EngineConfig, device: Device) -> Result<PathBuf, EngineError> {
+    if !config.ort_dylib_path.is_empty() {
+        let path = PathBuf::from(&config.ort_dylib_path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(EngineError::Runtime(format!(
+                "{} (engine.ort_dylib_path / ORT_DYLIB_PATH) does not exist",
+                path.display()
+            )))
+        };
+    }
+    let candidates = default_library_candidates(device);
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        EngineError::Runtime(format!(
+            "no ONNX Runtime library found (tried {}); run scripts/fetch-ort or set ORT_DYLIB_PATH",
+            tried.join(", ")
+        ))
+    })
+}
+
+/// Opens one model file as a session on `device` with `threads` intra-op threads (0 = all cores).
+pub fn open_session(
+    env: &Environment,
+    path: &Path,
+    device: Device,
+    threads: usize,
+) -> Result<Session, EngineError> {
+    let fail = |e: ort::Error| EngineError::Model {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let threads = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
+    let mut builder = Session::builder(env)
+        .map_err(fail)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| fail(e.into()))?
+        .with_intra_threads(threads)
+        .map_err(|e| fail(e.into()))?;
+    match device {
+        Device::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Device::Cuda(id) => {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_device_id(id)
+                    .build()
+                    .error_on_failure()])
+                .map_err(|e| {
+                    EngineError::Runtime(format!("CUDA execution provider on GPU {id}: {e}"))
+                })?;
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {
+            return Err(EngineError::Runtime(
+                "this huabi was built without the `cuda` feature".into(),
+            ));
+        }
+    }
+    builder.commit_from_file(path).map_err(fail)
+}

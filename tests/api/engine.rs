@@ -1,0 +1,330 @@
+//! The real ONNX pipeline on the bundled small model: parity with diffusers, determinism, batch independence and
+//! hostile requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+
+use huabi::engine::npy;
+use huabi::engine::{
+    Batch, BatchKey, EngineConfig, EngineError, Item, SchedulerKind, StableDiffusion,
+};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn config(model_dir: &Path) -> EngineConfig {
+    EngineConfig {
+        model_dir: model_dir.to_path_buf(),
+        device: "cpu".into(),
+        threads: 2,
+        ort_dylib_path: std::env::var("ORT_DYLIB_PATH").unwrap_or_default(),
+        max_width: 256,
+        max_height: 256,
+        max_batch: 4,
+        max_prompt_chars: 1000,
+    }
+}
+
+/// One engine for the tests that share the tiny model (loading ONNX Runtime happens once per process anyway).
+static TINY: LazyLock<Mutex<StableDiffusion>> = LazyLock::new(|| {
+    Mutex::new(
+        StableDiffusion::load(&config(&root().join("models/tiny-sd")))
+            .expect("tiny model loads; run scripts/fetch-ort"),
+    )
+});
+
+fn item(prompt: &str, seed: u64) -> Item {
+    Item {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        seed,
+        guidance: 7.5,
+        init_latents: None,
+    }
+}
+
+fn key(scheduler: SchedulerKind, steps: usize) -> BatchKey {
+    BatchKey {
+        width: 64,
+        height: 64,
+        steps,
+        scheduler,
+    }
+}
+
+fn generate(batch: &Batch) -> Result<Vec<Vec<f32>>, EngineError> {
+    let mut engine = TINY.lock().expect("engine lock");
+    Ok(engine
+        .generate(batch, &mut |_| {})?
+        .pictures
+        .into_iter()
+        .map(|p| p.rgb)
+        .collect())
+}
+
+#[test]
+fn every_scheduler_matches_the_diffusers_pipeline_within_1e_3() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/diffusers/pipeline.json"))
+            .expect("json"),
+    )
+    .expect("json");
+    let (shape, latents) =
+        npy::read_f32(&root().join("tests/fixtures/diffusers/init-latents.npy")).expect("latents");
+    assert_eq!(shape, vec![1, 4, 8, 8]);
+    for kind in SchedulerKind::ALL {
+        let (shape, want) =
+            npy::read_f32(&root().join(format!("tests/fixtures/diffusers/pipeline-{kind}.npy")))
+                .expect("reference image");
+        assert_eq!(shape, vec![64, 64, 3]);
+        let batch = Batch {
+            key: key(kind, reference["steps"].as_u64().expect("steps") as usize),
+            items: vec![Item {
+                prompt: reference["prompt"].as_str().expect("prompt").into(),
+                negative_prompt: String::new(),
+                seed: reference["seed"].as_u64().expect("seed"),
+                guidance: 7.5,
+                init_latents: Some(latents.clone()),
+            }],
+        };
+        let got = generate(&batch).expect("generates").remove(0);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{kind}: max |huabi - diffusers| = {worst:e}");
+        assert!(worst <= 1e-3, "{kind}: max |huabi - diffusers| = {worst}");
+    }
+}
+
+#[test]
+fn seeds_are_deterministic_and_independent_of_batch_neighbours() {
+    let a = item("a lantern by the river", 1);
+    let b = item("mooncakes on a plate", 2);
+    let c = Item {
+        negative_prompt: "blurry".into(),
+        guidance: 3.0,
+        ..item("osmanthus flowers", 3)
+    };
+    let k = key(SchedulerKind::EulerA, 4);
+    let alone = generate(&Batch {
+        key: k,
+        items: vec![a.clone()],
+    })
+    .expect("a");
+    let again = generate(&Batch {
+        key: k,
+        items: vec![a.clone()],
+    })
+    .expect("a again");
+    assert_eq!(alone, again, "same seed, same pixels");
+    let trio = generate(&Batch {
+        key: k,
+        items: vec![b.clone(), a.clone(), c.clone()],
+    })
+    .expect("trio");
+    let pair = generate(&Batch {
+        key: k,
+        items: vec![c.clone(), b.clone()],
+    })
+    .expect("pair");
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        diff(&trio[1], &alone[0]) <= 1e-5,
+        "a in a batch of three: {}",
+        diff(&trio[1], &alone[0])
+    );
+    assert!(diff(&trio[0], &pair[1]) <= 1e-5, "b at positions 0 and 1");
+    assert!(diff(&trio[2], &pair[0]) <= 1e-5, "c at positions 2 and 0");
+    assert!(
+        diff(&trio[0], &trio[1]) > 1e-2,
+        "different seeds and prompts give different pictures"
+    );
+    let other_seed = generate(&Batch {
+        key: k,
+        items: vec![item("a lantern by the river", 99)],
+    })
+    .expect("seed 99");
+    assert!(diff(&other_seed[0], &alone[0]) > 1e-2);
+}
+
+#[test]
+fn guidance_off_still_paints() {
+    let items = vec![Item {
+        guidance: 1.0,
+        ..item("full moon", 5)
+    }];
+    let out = generate(&Batch {
+        key: key(SchedulerKind::Ddim, 3),
+        items,
+    })
+    .expect("no CFG");
+    assert_eq!(out[0].len(), 64 * 64 * 3);
+    assert!(out[0].iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn hostile_requests_are_clear_errors() {
+    let k = key(SchedulerKind::Euler, 2);
+    let cases: Vec<(Batch, &str)> = vec![
+        (
+            Batch {
+                key: k,
+                items: vec![item(&"月".repeat(5000), 1)],
+            },
+            "characters",
+        ),
+        (
+            Batch {
+                key: k,
+                items: vec![item("   ", 1)],
+            },
+            "prompt is empty",
+        ),
+        (
+            Batch {
+                key: BatchKey { width: 68, ..k },
+                items: vec![item("x", 1)],
+            },
+            "multiple of 8",
+        ),
+        (
+            Batch {
+                key: BatchKey { height: 0, ..k },
+                items: vec![item("x", 1)],
+            },
+            "multiple of 8",
+        ),
+        (
+            Batch {
+                key: BatchKey { width: 512, ..k },
+                items: vec![item("x", 1)],
+            },
+            "exceeds the maximum",
+        ),
+        (
+            Batch {
+                key: k,
+                items: vec![],
+            },
+            "no items",
+        ),
+        (
+            Batch {
+                key: k,
+                items: vec![item("x", 1); 5],
+            },
+            "max_batch",
+        ),
+        (
+            Batch {
+                key: BatchKey { steps: 0, ..k },
+                items: vec![item("x", 1)],
+            },
+            "steps",
+        ),
+        (
+            Batch {
+                key: k,
+                items: vec![Item {
+                    guidance: f32::NAN,
+                    ..item("x", 1)
+                }],
+            },
+            "guidance",
+        ),
+        (
+            Batch {
+                key: k,
+                items: vec![Item {
+                    init_latents: Some(vec![0.0; 7]),
+                    ..item("x", 1)
+                }],
+            },
+            "initial latents",
+        ),
+    ];
+    for (batch, expected) in cases {
+        let err = generate(&batch).expect_err(expected);
+        assert!(matches!(err, EngineError::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains(expected),
+            "{expected:?} not in {err}"
+        );
+    }
+}
+
+fn copy_model(to: &Path) {
+    let from = root().join("models/tiny-sd");
+    for entry in walk(&from) {
+        let rel = entry.strip_prefix(&from).expect("prefix");
+        std::fs::create_dir_all(to.join(rel).parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&entry, to.join(rel)).expect("copy");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+fn load_error(dir: &Path) -> String {
+    match StableDiffusion::load(&config(dir)) {
+        Ok(_) => panic!("{} should not load", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn broken_model_folders_are_refused_with_what_is_missing() {
+    let _serial = TINY.lock().expect("engine lock");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("m");
+
+    copy_model(&model);
+    std::fs::remove_file(model.join("unet/model.onnx")).expect("rm");
+    assert!(load_error(&model).contains("unet/model.onnx is missing"));
+
+    copy_model(&model);
+    std::fs::remove_file(model.join("tokenizer/merges.txt")).expect("rm");
+    assert!(load_error(&model).contains("tokenizer"));
+
+    copy_model(&model);
+    let bytes = std::fs::read(model.join("unet/model.onnx")).expect("read");
+    std::fs::write(model.join("unet/model.onnx"), &bytes[..bytes.len() / 3]).expect("truncate");
+    let err = load_error(&model);
+    assert!(err.contains("unet/model.onnx"), "{err}");
+
+    copy_model(&model);
+    std::fs::copy(
+        model.join("text_encoder/model.onnx"),
+        model.join("vae_decoder/model.onnx"),
+    )
+    .expect("swap");
+    let err = load_error(&model);
+    assert!(
+        err.contains("latent_sample") || err.contains("input_ids"),
+        "{err}"
+    );
+
+    copy_model(&model);
+    std::fs::write(model.join("vae_decoder/config.json"), "{}").expect("write");
+    assert!(load_error(&model).contains("block_out_channels"));
+
+    assert!(load_error(&dir.path().join("nowhere")).contains("is not a folder"));
+}
