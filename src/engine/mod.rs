@@ -1,6 +1,8 @@
 //! The Stable Diffusion engine on ONNX Runtime. Knows nothing of users, jobs or channels: it turns a [`Batch`] of
 //! prompts into pictures. The rest of huabi imports only the items re-exported here.
 
+pub mod encode;
+pub mod label;
 mod model;
 pub mod noise;
 pub mod npy;

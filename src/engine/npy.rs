@@ -152,16 +152,15 @@ mod tests {
             parse_f32(&good[..good.len() - 1]),
             Err(NpyError::Length(_))
         ));
-        // Edits inside the (ASCII, 64-byte) header only.
+        // Edits inside the header only (after the 10-byte preamble), keeping the data.
+        let header_end = 10 + u16::from_le_bytes([good[8], good[9]]) as usize;
         let edit = |from: &str, to: &str| {
-            let mut header = String::from_utf8(good[..64].to_vec())
-                .expect("ascii header")
-                .replace(from, to);
-            let pad = 64 - header.len() as i64;
-            header.insert_str(header.len() - 1, &" ".repeat(pad.max(0) as usize));
-            let mut out = header.into_bytes();
-            out[8] = (out.len() - 10) as u8;
-            out.extend_from_slice(&good[64..]);
+            let header = String::from_utf8(good[10..header_end].to_vec()).expect("ascii header");
+            let edited = format!("{}\n", header.trim_end().replacen(from, to, 1));
+            let mut out = good[..10].to_vec();
+            out[8..10].copy_from_slice(&(edited.len() as u16).to_le_bytes());
+            out.extend_from_slice(edited.as_bytes());
+            out.extend_from_slice(&good[header_end..]);
             out
         };
         assert!(matches!(
