@@ -1,5 +1,6 @@
 //! The command line: thin calls into the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::app::{App, shutdown_signal};
 use crate::bench::{self, AckBenchOptions};
 use crate::config::Settings;
+use crate::engine::SchedulerKind;
+use crate::generate::GenerateOptions;
 use crate::store;
 
 /// huabi (画笔): AI painting for WeChat Official Accounts.
@@ -31,9 +34,54 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Paint a prompt to labelled PNG/JPEG file(s) with the configured model.
+    Generate(GenerateArgs),
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `huabi generate` flags.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// What to paint.
+    #[arg(long)]
+    pub prompt: String,
+    /// Output file: .png or .jpg/.jpeg (with --batch B: <stem>-0 … <stem>-(B-1) beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// What to avoid.
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Seed of the first picture (picture i uses seed + i); random when omitted.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Width in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 512)]
+    pub width: u32,
+    /// Height in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 512)]
+    pub height: u32,
+    /// Classifier-free guidance scale (1 or less turns guidance off).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f32,
+    /// Scheduler: euler, euler_a, dpmpp_2m_karras, ddim or lcm (default: the model's own, else euler).
+    #[arg(long, value_parser = parse_scheduler)]
+    pub scheduler: Option<SchedulerKind>,
+    /// Pictures painted together in one pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Initial latents: float32 .npy of shape [1, 4, H/f, W/f] (diffusers' `latents=`).
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+}
+
+fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
+    s.parse()
+        .map_err(|e: crate::engine::scheduler::SchedulerError| e.to_string())
 }
 
 /// The roles a node can run.
@@ -101,6 +149,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = store::connect(&settings.database).await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.backend());
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let settings = load_settings()?;
+            let options = GenerateOptions {
+                prompt: args.prompt,
+                negative: args.negative,
+                out: args.out,
+                steps: args.steps,
+                seed: args.seed,
+                width: args.width,
+                height: args.height,
+                guidance: args.guidance,
+                scheduler: args.scheduler,
+                batch: args.batch,
+                init_latents: args.init_latents,
+            };
+            tokio::task::spawn_blocking(move || crate::generate::run(&settings.engine, &options))
+                .await
+                .context("generate task")??;
             Ok(())
         }
         Command::Bench(BenchCommand::Ack {

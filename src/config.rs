@@ -176,10 +176,10 @@ impl Settings {
         {
             builder = builder.set_override("database.url", url.as_str())?;
         }
-        if !huabi_env.contains_key("HUABI__ENGINE__ORT_DYLIB_PATH") {
-            if let Some(path) = env.get("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-                builder = builder.set_override("engine.ort_dylib_path", path.as_str())?;
-            }
+        if !huabi_env.contains_key("HUABI__ENGINE__ORT_DYLIB_PATH")
+            && let Some(path) = env.get("ORT_DYLIB_PATH").filter(|p| !p.is_empty())
+        {
+            builder = builder.set_override("engine.ort_dylib_path", path.as_str())?;
         }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;

@@ -14,6 +14,8 @@ pub mod command;
 pub mod config;
 /// Stable Diffusion on ONNX Runtime.
 pub mod engine;
+/// `huabi generate`: prompts to labelled picture files.
+pub mod generate;
 /// The HTTP surface.
 pub mod http;
 /// Durable state on PostgreSQL or SQLite.

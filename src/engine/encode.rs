@@ -31,7 +31,11 @@ pub const WECHAT_JPEG_BUDGET: usize = 2 * 1024 * 1024;
 const XMP_HEADER: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
 
 fn escape_xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 /// The XMP packet carrying the record.
@@ -63,8 +67,10 @@ pub fn png(picture: &Picture, record: &AigcRecord) -> Result<Vec<u8>, EncodeErro
 /// JPEG bytes at the highest quality (92 down to 50) that fits `budget`, with the record in XMP.
 pub fn jpeg(picture: &Picture, record: &AigcRecord, budget: usize) -> Result<Vec<u8>, EncodeError> {
     let (w, h) = (
-        u16::try_from(picture.width).map_err(|_| EncodeError::Dimensions(picture.width, picture.height))?,
-        u16::try_from(picture.height).map_err(|_| EncodeError::Dimensions(picture.width, picture.height))?,
+        u16::try_from(picture.width)
+            .map_err(|_| EncodeError::Dimensions(picture.width, picture.height))?,
+        u16::try_from(picture.height)
+            .map_err(|_| EncodeError::Dimensions(picture.width, picture.height))?,
     );
     let rgb = picture.to_rgb8();
     let mut xmp = XMP_HEADER.to_vec();
@@ -91,8 +97,16 @@ mod tests {
 
     fn noisy(w: u32, h: u32) -> Picture {
         let mut n = super::super::noise::Noise::new(3);
-        let rgb = n.normals((w * h * 3) as usize).into_iter().map(|v| (v * 0.25 + 0.5).clamp(0.0, 1.0)).collect();
-        Picture { width: w, height: h, rgb }
+        let rgb = n
+            .normals((w * h * 3) as usize)
+            .into_iter()
+            .map(|v| (v * 0.25 + 0.5).clamp(0.0, 1.0))
+            .collect();
+        Picture {
+            width: w,
+            height: h,
+            rgb,
+        }
     }
 
     #[test]
@@ -103,7 +117,11 @@ mod tests {
         let reader = decoder.read_info().expect("valid png");
         let info = reader.info();
         assert_eq!((info.width, info.height), (16, 8));
-        let chunk = info.utf8_text.iter().find(|c| c.keyword == "AIGC").expect("AIGC chunk");
+        let chunk = info
+            .utf8_text
+            .iter()
+            .find(|c| c.keyword == "AIGC")
+            .expect("AIGC chunk");
         assert_eq!(chunk.get_text().expect("text"), record.to_json());
     }
 
@@ -115,10 +133,16 @@ mod tests {
         assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("http://www.tc260.org.cn/ns/AIGC/1.0/"));
-        assert!(text.contains("&quot;ProduceID&quot;:&quot;job-9&quot;"), "record escaped inside XMP");
+        assert!(
+            text.contains("&quot;ProduceID&quot;:&quot;job-9&quot;"),
+            "record escaped inside XMP"
+        );
         let generous = bytes.len();
         let tight = jpeg(&picture, &record, generous - 1).expect("a lower quality fits");
         assert!(tight.len() < generous);
-        assert!(matches!(jpeg(&picture, &record, 1000), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            jpeg(&picture, &record, 1000),
+            Err(EncodeError::TooLarge { .. })
+        ));
     }
 }

@@ -73,7 +73,9 @@ fn coverage(strip: (usize, usize, &[u8]), x: f32, y: f32) -> f32 {
 /// 10 px so it stays legible on small pictures, never above a third of the picture.
 pub fn text_height(width: u32, height: u32) -> u32 {
     let short = width.min(height) as f32;
-    ((short * 0.06).ceil() as u32).max(10).min((height / 3).max(1))
+    ((short * 0.06).ceil() as u32)
+        .max(10)
+        .min((height / 3).max(1))
 }
 
 /// Draws white "AI生成" on a translucent dark box in the bottom-right corner.
@@ -113,7 +115,11 @@ mod tests {
     use super::*;
 
     fn grey(w: u32, h: u32) -> Picture {
-        Picture { width: w, height: h, rgb: vec![0.5; (w * h * 3) as usize] }
+        Picture {
+            width: w,
+            height: h,
+            rgb: vec![0.5; (w * h * 3) as usize],
+        }
     }
 
     #[test]
@@ -125,12 +131,23 @@ mod tests {
                 .flat_map(|y| (0..w).map(move |x| (x, y)))
                 .filter(|&(x, y)| p.rgb[((y * w + x) * 3) as usize] != 0.5)
                 .collect();
-            let (min_x, min_y) = changed.iter().fold((w, h), |(a, b), &(x, y)| (a.min(x), b.min(y)));
-            assert!(min_x >= w / 3 && min_y > h / 2, "{w}x{h}: label starts at {min_x},{min_y}");
+            let (min_x, min_y) = changed
+                .iter()
+                .fold((w, h), |(a, b), &(x, y)| (a.min(x), b.min(y)));
+            assert!(
+                min_x >= w / 3 && min_y > h / 2,
+                "{w}x{h}: label starts at {min_x},{min_y}"
+            );
             let white = p.rgb.iter().filter(|&&v| v > 0.9).count() / 3;
             let text_h = text_height(w, h) as usize;
-            assert!(white > text_h * text_h / 2, "{w}x{h}: {white} white pixels for text height {text_h}");
-            assert!(text_h as f32 >= 0.05 * w.min(h) as f32, "at least 5% of the short side");
+            assert!(
+                white > text_h * text_h / 2,
+                "{w}x{h}: {white} white pixels for text height {text_h}"
+            );
+            assert!(
+                text_h as f32 >= 0.05 * w.min(h) as f32,
+                "at least 5% of the short side"
+            );
         }
     }
 

@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Longest prompt accepted, in characters (CLIP reads 75 tokens; longer text is truncated).
     pub max_prompt_chars: usize,
+    /// `ContentProducer` of the AIGC record in every picture.
+    pub aigc_provider: String,
 }
 
 /// What every item of a batch shares: one UNet call per step serves them all.

@@ -23,6 +23,7 @@ pub fn config(model_dir: &Path) -> EngineConfig {
         max_height: 256,
         max_batch: 4,
         max_prompt_chars: 1000,
+        aigc_provider: "huabi-test".into(),
     }
 }
 
@@ -327,4 +328,70 @@ fn broken_model_folders_are_refused_with_what_is_missing() {
     assert!(load_error(&model).contains("block_out_channels"));
 
     assert!(load_error(&dir.path().join("nowhere")).contains("is not a folder"));
+}
+
+#[test]
+fn generate_command_writes_labelled_png_and_jpeg() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let latents = root().join("tests/fixtures/diffusers/init-latents.npy");
+    for (name, batch) in [("moon.png", "1"), ("moon.jpg", "2")] {
+        let out = dir.path().join(name);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
+            .args([
+                "generate",
+                "--prompt",
+                "中秋 嫦娥抱玉兔",
+                "--steps",
+                "3",
+                "--width",
+                "64",
+                "--height",
+                "64",
+            ])
+            .args([
+                "--scheduler",
+                "ddim",
+                "--batch",
+                batch,
+                "--seed",
+                "11",
+                "--out",
+            ])
+            .arg(&out)
+            .arg("--init-latents")
+            .arg(&latents)
+            .env("HUABI__ENGINE__MODEL_DIR", root().join("models/tiny-sd"))
+            .env("HUABI__ENGINE__AIGC_PROVIDER", "huabi-test")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("runs");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            stdout.contains("timings:") && stdout.contains("denoise"),
+            "{stdout}"
+        );
+        for path in huabi::generate::output_paths(&out, batch.parse().expect("n")) {
+            let bytes = std::fs::read(&path).expect("written");
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                text.contains("huabi-test") && text.contains("ContentProducer"),
+                "{}: AIGC record",
+                path.display()
+            );
+            assert!(bytes.len() <= 2 * 1024 * 1024);
+        }
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
+        .args(["generate", "--prompt", "x", "--width", "60", "--out"])
+        .arg(dir.path().join("bad.png"))
+        .env("HUABI__ENGINE__MODEL_DIR", root().join("models/tiny-sd"))
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 8"));
 }

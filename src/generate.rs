@@ -1,0 +1,220 @@
+//! `huabi generate`: paint prompts to labelled PNG or JPEG files from the command line, with a progress bar and
+//! per-stage timings.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use crate::engine::encode::{self, WECHAT_JPEG_BUDGET};
+use crate::engine::label::{AigcRecord, draw_visible_label};
+use crate::engine::{
+    Batch, BatchKey, EngineConfig, Item, Picture, Progress, SchedulerKind, StableDiffusion, npy,
+};
+
+/// What to paint and where to write it.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative: String,
+    /// Output file (`.png`, `.jpg` or `.jpeg`); with a batch, `<stem>-<i>.<ext>`.
+    pub out: PathBuf,
+    /// Denoising steps.
+    pub steps: usize,
+    /// First seed (item i uses seed + i); random when absent.
+    pub seed: Option<u64>,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Guidance scale.
+    pub guidance: f32,
+    /// Scheduler; the model's own when absent.
+    pub scheduler: Option<SchedulerKind>,
+    /// Pictures in the batch.
+    pub batch: usize,
+    /// `.npy` initial latents, [1 or B, 4, H/f, W/f].
+    pub init_latents: Option<PathBuf>,
+}
+
+/// Output paths for a batch of `n`.
+pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "huabi".into());
+    let ext = out
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| out.with_file_name(format!("{stem}-{i}{ext}")))
+        .collect()
+}
+
+fn is_jpeg(path: &Path) -> anyhow::Result<bool> {
+    match path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("png") => Ok(false),
+        Some("jpg" | "jpeg") => Ok(true),
+        _ => bail!("--out {} must end in .png, .jpg or .jpeg", path.display()),
+    }
+}
+
+fn init_latents(path: &Path, batch: usize, per_item: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let (shape, data) =
+        npy::read_f32(path).with_context(|| format!("--init-latents {}", path.display()))?;
+    let rows = shape.first().copied().unwrap_or(0);
+    if shape.len() != 4 || !(rows == 1 || rows == batch) || data.len() != rows * per_item {
+        bail!(
+            "--init-latents {}: shape {shape:?} does not fit {batch} item(s) of {per_item} values ([1 or {batch}, 4, H/f, W/f])",
+            path.display()
+        );
+    }
+    Ok((0..batch)
+        .map(|i| data[(i % rows) * per_item..(i % rows + 1) * per_item].to_vec())
+        .collect())
+}
+
+/// Loads the engine, paints, labels and writes the files; prints seeds, paths and timings.
+pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<Vec<PathBuf>> {
+    let jpeg = is_jpeg(&options.out)?;
+    if options.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let load_started = Instant::now();
+    let mut engine = StableDiffusion::load(config)?;
+    let load_time = load_started.elapsed();
+    let scheduler = options
+        .scheduler
+        .or(engine.folder().default_scheduler)
+        .unwrap_or(SchedulerKind::Euler);
+    let first_seed = options.seed.unwrap_or_else(rand::random);
+    let f = engine.folder().vae_scale_factor as usize;
+    let per_item = 4 * (options.height as usize / f.max(1)) * (options.width as usize / f.max(1));
+    let latents = match &options.init_latents {
+        Some(path) => init_latents(path, options.batch, per_item)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => vec![None; options.batch],
+    };
+    let batch = Batch {
+        key: BatchKey {
+            width: options.width,
+            height: options.height,
+            steps: options.steps,
+            scheduler,
+        },
+        items: latents
+            .into_iter()
+            .enumerate()
+            .map(|(i, init_latents)| Item {
+                prompt: options.prompt.clone(),
+                negative_prompt: options.negative.clone(),
+                seed: first_seed.wrapping_add(i as u64),
+                guidance: options.guidance,
+                init_latents,
+            })
+            .collect(),
+    };
+    let show_bar = std::io::stderr().is_terminal();
+    let mut on_step = |p: Progress| {
+        if show_bar {
+            let width = 30;
+            let filled = p.done * width / p.total.max(1);
+            eprint!(
+                "\r{scheduler} [{}{}] step {}/{}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                p.done,
+                p.total
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let generated = engine.generate(&batch, &mut on_step)?;
+    if show_bar {
+        eprintln!();
+    }
+    let encode_started = Instant::now();
+    let paths = output_paths(&options.out, options.batch);
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (i, (mut picture, path)) in generated.pictures.into_iter().zip(&paths).enumerate() {
+        draw_visible_label(&mut picture);
+        let record = AigcRecord::new(
+            &config.aigc_provider,
+            &format!("generate-{stamp}-{}", first_seed.wrapping_add(i as u64)),
+        );
+        write_picture(&picture, &record, path, jpeg)?;
+        println!(
+            "{} (seed {})",
+            path.display(),
+            first_seed.wrapping_add(i as u64)
+        );
+    }
+    let t = generated.timings;
+    println!(
+        "timings: load {:.0} ms, text {:.1} ms, denoise {:.1} ms ({:.1} ms/step), decode {:.1} ms, total {:.1} ms, encode {:.1} ms",
+        load_time.as_secs_f64() * 1e3,
+        t.text.as_secs_f64() * 1e3,
+        t.denoise.as_secs_f64() * 1e3,
+        t.denoise.as_secs_f64() * 1e3 / options.steps.max(1) as f64,
+        t.decode.as_secs_f64() * 1e3,
+        t.total.as_secs_f64() * 1e3,
+        encode_started.elapsed().as_secs_f64() * 1e3,
+    );
+    Ok(paths)
+}
+
+fn write_picture(
+    picture: &Picture,
+    record: &AigcRecord,
+    path: &Path,
+    jpeg: bool,
+) -> anyhow::Result<()> {
+    let bytes = if jpeg {
+        encode::jpeg(picture, record, WECHAT_JPEG_BUDGET)?
+    } else {
+        encode::png(picture, record)?
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_outputs_are_numbered_beside_out() {
+        assert_eq!(
+            output_paths(Path::new("a/b.png"), 1),
+            vec![PathBuf::from("a/b.png")]
+        );
+        assert_eq!(
+            output_paths(Path::new("a/b.png"), 2),
+            vec![PathBuf::from("a/b-0.png"), PathBuf::from("a/b-1.png")]
+        );
+    }
+
+    #[test]
+    fn only_png_and_jpeg_are_written() {
+        assert!(!is_jpeg(Path::new("x.PNG")).expect("png"));
+        assert!(is_jpeg(Path::new("x.jpeg")).expect("jpeg"));
+        assert!(is_jpeg(Path::new("x.gif")).is_err());
+        assert!(is_jpeg(Path::new("x")).is_err());
+    }
+}
