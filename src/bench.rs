@@ -212,3 +212,95 @@ async fn open_loop(shared: &Arc<Shared>, rate: f64, deadline: Instant) {
     }
     while tasks.join_next().await.is_some() {}
 }
+
+/// What `huabi bench engine` measures.
+#[derive(Debug, Clone)]
+pub struct EngineBenchOptions {
+    /// Picture size.
+    pub width: u32,
+    /// Picture size.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Batch sizes to measure.
+    pub batches: Vec<usize>,
+    /// Timed runs per batch size (after one warm-up run).
+    pub runs: usize,
+    /// Scheduler.
+    pub scheduler: crate::engine::SchedulerKind,
+}
+
+/// One batch size's figures (medians over the runs).
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineBenchRow {
+    /// Items per batch.
+    pub batch: usize,
+    /// Median seconds per batch.
+    pub seconds: f64,
+    /// Median seconds per image.
+    pub seconds_per_image: f64,
+    /// Images per second.
+    pub images_per_sec: f64,
+    /// Median text-encoding seconds.
+    pub text: f64,
+    /// Median denoising seconds.
+    pub denoise: f64,
+    /// Median decoding seconds.
+    pub decode: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// Loads the engine once and times whole batches (text, denoise and decode; no encoding).
+pub fn run_engine(
+    config: &crate::engine::EngineConfig,
+    options: &EngineBenchOptions,
+) -> anyhow::Result<Vec<EngineBenchRow>> {
+    use crate::engine::{Batch, BatchKey, Item, StableDiffusion};
+    let mut engine = StableDiffusion::load(config)?;
+    let key = BatchKey {
+        width: options.width,
+        height: options.height,
+        steps: options.steps,
+        scheduler: options.scheduler,
+    };
+    let mut rows = Vec::new();
+    for &b in &options.batches {
+        let batch = Batch {
+            key,
+            items: (0..b)
+                .map(|i| Item {
+                    prompt: "a photo of the moon, mid-autumn festival".into(),
+                    negative_prompt: String::new(),
+                    seed: i as u64,
+                    guidance: 7.5,
+                    init_latents: None,
+                })
+                .collect(),
+        };
+        engine.generate(&batch, &mut |_| {})?;
+        let (mut total, mut text, mut denoise, mut decode) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..options.runs.max(1) {
+            let t = engine.generate(&batch, &mut |_| {})?.timings;
+            total.push(t.total.as_secs_f64());
+            text.push(t.text.as_secs_f64());
+            denoise.push(t.denoise.as_secs_f64());
+            decode.push(t.decode.as_secs_f64());
+        }
+        let seconds = median(total);
+        rows.push(EngineBenchRow {
+            batch: b,
+            seconds,
+            seconds_per_image: seconds / b as f64,
+            images_per_sec: b as f64 / seconds,
+            text: median(text),
+            denoise: median(denoise),
+            decode: median(decode),
+        });
+    }
+    Ok(rows)
+}

@@ -98,6 +98,31 @@ pub enum Role {
 /// `huabi bench …`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Time the engine on the configured model (HUABI__ENGINE__MODEL_DIR, HUABI__ENGINE__THREADS): median seconds
+    /// per batch, images/s and per-stage time for each batch size. `scripts/bench-engine` compares it with Python.
+    Engine {
+        /// Picture width.
+        #[arg(long, default_value_t = 64)]
+        width: u32,
+        /// Picture height.
+        #[arg(long, default_value_t = 64)]
+        height: u32,
+        /// Denoising steps.
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Comma-separated batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        batches: Vec<usize>,
+        /// Timed runs per batch size (after a warm-up run).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Scheduler.
+        #[arg(long, value_parser = parse_scheduler, default_value = "euler")]
+        scheduler: SchedulerKind,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a running `huabi serve` with signed plaintext text messages (distinct MsgIds) and report
     /// acknowledgements per second and latency percentiles.
     Ack {
@@ -169,6 +194,46 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || crate::generate::run(&settings.engine, &options))
                 .await
                 .context("generate task")??;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Engine {
+            width,
+            height,
+            steps,
+            batches,
+            runs,
+            scheduler,
+            json,
+        }) => {
+            let settings = load_settings()?;
+            let options = bench::EngineBenchOptions {
+                width,
+                height,
+                steps,
+                batches,
+                runs,
+                scheduler,
+            };
+            let rows =
+                tokio::task::spawn_blocking(move || bench::run_engine(&settings.engine, &options))
+                    .await
+                    .context("bench task")??;
+            for row in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    println!(
+                        "batch {}: {:.4} s/batch, {:.4} s/image, {:.2} images/s (text {:.4} s, denoise {:.4} s, decode {:.4} s)",
+                        row.batch,
+                        row.seconds,
+                        row.seconds_per_image,
+                        row.images_per_sec,
+                        row.text,
+                        row.denoise,
+                        row.decode
+                    );
+                }
+            }
             Ok(())
         }
         Command::Bench(BenchCommand::Ack {

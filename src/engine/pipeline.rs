@@ -1,6 +1,7 @@
 //! Text-to-image: tokenize → text encoder (conditional and unconditional rows in one batch) → seeded latents →
 //! one batched UNet call per step with classifier-free guidance → VAE decode, one item at a time.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
@@ -15,6 +16,8 @@ use super::{Batch, EngineConfig, EngineError, Picture};
 
 /// Latent channels of SD 1.x/2.x.
 const LATENT_CHANNELS: usize = 4;
+/// Distinct negative prompts whose embeddings are kept.
+const NEGATIVE_CACHE: usize = 64;
 
 /// Where the time of one batch went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -56,6 +59,7 @@ pub struct StableDiffusion {
     unet: Session,
     vae: Session,
     config: EngineConfig,
+    negative_cache: HashMap<String, Vec<f32>>,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -133,6 +137,7 @@ impl StableDiffusion {
             unet,
             vae,
             config: config.clone(),
+            negative_cache: HashMap::new(),
         })
     }
 
@@ -239,12 +244,13 @@ impl StableDiffusion {
         let rows = if guided { 2 * b } else { b };
 
         // Text: [negatives…, prompts…] when guided (diffusers' order), else prompts.
-        let mut texts: Vec<&str> = Vec::with_capacity(rows);
-        if guided {
-            texts.extend(items.iter().map(|i| i.negative_prompt.as_str()));
-        }
-        texts.extend(items.iter().map(|i| i.prompt.as_str()));
-        let embeddings = self.encode_text(&texts)?;
+        let negatives: Vec<&str> = if guided {
+            items.iter().map(|i| i.negative_prompt.as_str()).collect()
+        } else {
+            Vec::new()
+        };
+        let prompts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
+        let embeddings = self.encode_text(&negatives, &prompts)?;
         let text_done = started.elapsed();
 
         // Latents and one scheduler per item.
@@ -308,10 +314,7 @@ impl StableDiffusion {
         }
         let denoise_done = started.elapsed();
 
-        let mut pictures = Vec::with_capacity(b);
-        for x in &latents {
-            pictures.push(self.decode(x, h, w)?);
-        }
+        let pictures = self.decode(&latents, h, w)?;
         let total = started.elapsed();
         Ok(Generated {
             pictures,
@@ -324,10 +327,23 @@ impl StableDiffusion {
         })
     }
 
-    /// Per-token embeddings `[rows, 77, D]` of the texts, flattened.
-    fn encode_text(&mut self, texts: &[&str]) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+    /// Per-token embeddings `[negatives…, prompts…]` (`[rows, 77, D]`, flattened) in one text-encoder call.
+    /// Negative prompts repeat (campaign templates, the empty one), so their rows are cached.
+    fn encode_text(
+        &mut self,
+        negatives: &[&str],
+        prompts: &[&str],
+    ) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+        let mut missing: Vec<&str> = negatives
+            .iter()
+            .copied()
+            .filter(|n| !self.negative_cache.contains_key(*n))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let texts: Vec<&str> = missing.iter().chain(prompts).copied().collect();
         let mut ids: Vec<i64> = Vec::with_capacity(texts.len() * MAX_TOKENS);
-        for text in texts {
+        for text in &texts {
             ids.extend(self.tokenizer.encode(text)?);
         }
         let shape = vec![texts.len() as i64, MAX_TOKENS as i64];
@@ -347,7 +363,25 @@ impl StableDiffusion {
                 self.io.hidden_states
             ))
         })?;
-        float_values(value)
+        let (mut shape, encoded) = float_values(value)?;
+        let row = encoded.len() / texts.len().max(1);
+        if self.negative_cache.len() + missing.len() > NEGATIVE_CACHE {
+            self.negative_cache.clear();
+        }
+        for (text, rows) in missing.iter().zip(encoded.chunks_exact(row)) {
+            self.negative_cache.insert(text.to_string(), rows.to_vec());
+        }
+        let mut out = Vec::with_capacity((negatives.len() + prompts.len()) * row);
+        for negative in negatives {
+            let cached = self
+                .negative_cache
+                .get(*negative)
+                .ok_or_else(|| EngineError::Inference("negative prompt cache miss".into()))?;
+            out.extend_from_slice(cached);
+        }
+        out.extend_from_slice(&encoded[missing.len() * row..]);
+        shape[0] = (negatives.len() + prompts.len()) as i64;
+        Ok((shape, out))
     }
 
     fn run_unet(
@@ -392,36 +426,64 @@ impl StableDiffusion {
         Ok(values)
     }
 
-    /// Decodes one item's latents into a picture.
-    fn decode(&mut self, latents: &[f32], h: usize, w: usize) -> Result<Picture, EngineError> {
-        let inv = (1.0 / self.folder.latent_scaling as f64) as f32;
-        let scaled: Vec<f32> = latents.iter().map(|v| v * inv).collect();
-        let shape = vec![1, LATENT_CHANNELS as i64, h as i64, w as i64];
-        let input = float_tensor(self.io.latent_sample.dtype, shape, &scaled)?;
-        let outputs = self
-            .vae
-            .run(vec![(self.io.latent_sample.name.as_str(), input)])?;
-        let value = outputs.get(&self.io.image).ok_or_else(|| {
-            EngineError::Inference(format!("vae decoder returned no {}", self.io.image))
-        })?;
-        let (shape, chw) = float_values(value)?;
-        let [_, 3, height, width] = shape[..] else {
-            return Err(EngineError::Inference(format!(
-                "vae decoder returned shape {shape:?}, expected [1, 3, H, W]"
-            )));
+    /// Decodes the items' latents into pictures: one call for float32 VAEs, one item at a time for float16 ones
+    /// (diffusers reports wrong results from half-precision VAEs at batch > 1).
+    fn decode(
+        &mut self,
+        latents: &[Vec<f32>],
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<Picture>, EngineError> {
+        let per_call = if self.io.latent_sample.dtype == TensorElementType::Float16 {
+            1
+        } else {
+            latents.len()
         };
-        let (height, width) = (height as usize, width as usize);
-        let plane = height * width;
-        let mut rgb = vec![0.0f32; plane * 3];
-        for c in 0..3 {
-            for p in 0..plane {
-                rgb[p * 3 + c] = (chw[c * plane + p] / 2.0 + 0.5).clamp(0.0, 1.0);
+        let inv = (1.0 / self.folder.latent_scaling as f64) as f32;
+        let mut pictures = Vec::with_capacity(latents.len());
+        for chunk in latents.chunks(per_call) {
+            let scaled: Vec<f32> = chunk.iter().flatten().map(|v| v * inv).collect();
+            let shape = vec![
+                chunk.len() as i64,
+                LATENT_CHANNELS as i64,
+                h as i64,
+                w as i64,
+            ];
+            let input = float_tensor(self.io.latent_sample.dtype, shape, &scaled)?;
+            let outputs = self
+                .vae
+                .run(vec![(self.io.latent_sample.name.as_str(), input)])?;
+            let value = outputs.get(&self.io.image).ok_or_else(|| {
+                EngineError::Inference(format!("vae decoder returned no {}", self.io.image))
+            })?;
+            let (shape, nchw) = float_values(value)?;
+            let [n, 3, height, width] = shape[..] else {
+                return Err(EngineError::Inference(format!(
+                    "vae decoder returned shape {shape:?}, expected [N, 3, H, W]"
+                )));
+            };
+            if n as usize != chunk.len() {
+                return Err(EngineError::Inference(format!(
+                    "vae decoder returned {n} pictures for {}",
+                    chunk.len()
+                )));
+            }
+            let (height, width) = (height as usize, width as usize);
+            let plane = height * width;
+            for chw in nchw.chunks_exact(3 * plane) {
+                let mut rgb = vec![0.0f32; plane * 3];
+                for c in 0..3 {
+                    for p in 0..plane {
+                        rgb[p * 3 + c] = (chw[c * plane + p] / 2.0 + 0.5).clamp(0.0, 1.0);
+                    }
+                }
+                pictures.push(Picture {
+                    width: width as u32,
+                    height: height as u32,
+                    rgb,
+                });
             }
         }
-        Ok(Picture {
-            width: width as u32,
-            height: height as u32,
-            rgb,
-        })
+        Ok(pictures)
     }
 }
