@@ -395,3 +395,44 @@ fn generate_command_writes_labelled_png_and_jpeg() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 8"));
 }
+
+fn generate_error(envs: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"));
+    cmd.args([
+        "generate", "--prompt", "moon", "--width", "64", "--height", "64", "--steps", "1", "--out",
+    ])
+    .arg(dir.path().join("x.png"))
+    .env("HUABI__ENGINE__MODEL_DIR", root().join("models/tiny-sd"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("runs");
+    assert!(!out.status.success(), "should fail with {envs:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    stderr
+}
+
+#[test]
+fn runtime_and_device_problems_are_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a library").expect("write");
+    let err = generate_error(&[("ORT_DYLIB_PATH", fake.to_str().expect("utf8"))]);
+    assert!(
+        err.contains("cannot load") && err.contains("scripts/fetch-ort"),
+        "{err}"
+    );
+    let err = generate_error(&[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = generate_error(&[("HUABI__ENGINE__DEVICE", "tpu")]);
+    assert!(err.contains("use cpu, cuda or cuda:N"), "{err}");
+    // A CUDA request never silently runs on the CPU.
+    let cpu_lib = root().join(".ort/cpu/libonnxruntime.so.1.31.1");
+    let err = generate_error(&[
+        ("HUABI__ENGINE__DEVICE", "cuda"),
+        ("ORT_DYLIB_PATH", cpu_lib.to_str().expect("utf8")),
+    ]);
+    assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
+}
