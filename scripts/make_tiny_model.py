@@ -62,13 +62,13 @@ def export(module, args, path, input_names, output_names, dynamic_axes):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
                       dynamic_axes=dynamic_axes, opset_version=17, dynamo=False, do_constant_folding=True)
-    model = onnx.load(path)
-    if model.ByteSize() > 2_000_000_000 or any(f for f in os.listdir(os.path.dirname(path)) if f not in ("model.onnx", "config.json")):
-        # Large models: all external tensors in one weights.pb beside model.onnx.
+    folder = os.path.dirname(path)
+    tensors = [f for f in os.listdir(folder) if f not in ("model.onnx", "config.json")]
+    if tensors:
+        # Over 2 GB the exporter writes one file per tensor: gather them into one weights.pb beside model.onnx.
         model = onnx.load(path, load_external_data=True)
-        for f in os.listdir(os.path.dirname(path)):
-            if f not in ("model.onnx", "config.json"):
-                os.remove(os.path.join(os.path.dirname(path), f))
+        for f in tensors:
+            os.remove(os.path.join(folder, f))
         onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.pb")
 
 

@@ -214,19 +214,25 @@ async fn open_loop(shared: &Arc<Shared>, rate: f64, deadline: Instant) {
 }
 
 /// What `huabi bench engine` measures.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct EngineBenchOptions {
-    /// Picture size.
+    /// Picture width.
+    #[arg(long, default_value_t = 64)]
     pub width: u32,
-    /// Picture size.
+    /// Picture height.
+    #[arg(long, default_value_t = 64)]
     pub height: u32,
     /// Denoising steps.
+    #[arg(long, default_value_t = 4)]
     pub steps: usize,
-    /// Batch sizes to measure.
+    /// Comma-separated batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub batches: Vec<usize>,
-    /// Timed runs per batch size (after one warm-up run).
+    /// Timed runs per batch size (after a warm-up run).
+    #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Scheduler.
+    #[arg(long, value_parser = crate::cli::parse_scheduler, default_value = "euler")]
     pub scheduler: crate::engine::SchedulerKind,
 }
 

@@ -1,6 +1,5 @@
 //! The command line: thin calls into the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,51 +34,14 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Paint a prompt to labelled PNG/JPEG file(s) with the configured model.
-    Generate(GenerateArgs),
+    Generate(GenerateOptions),
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
-/// `huabi generate` flags.
-#[derive(Debug, clap::Args)]
-pub struct GenerateArgs {
-    /// What to paint.
-    #[arg(long)]
-    pub prompt: String,
-    /// Output file: .png or .jpg/.jpeg (with --batch B: <stem>-0 … <stem>-(B-1) beside it).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// What to avoid.
-    #[arg(long, default_value = "")]
-    pub negative: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Seed of the first picture (picture i uses seed + i); random when omitted.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Width in pixels (a multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub width: u32,
-    /// Height in pixels (a multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub height: u32,
-    /// Classifier-free guidance scale (1 or less turns guidance off).
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f32,
-    /// Scheduler: euler, euler_a, dpmpp_2m_karras, ddim or lcm (default: the model's own, else euler).
-    #[arg(long, value_parser = parse_scheduler)]
-    pub scheduler: Option<SchedulerKind>,
-    /// Pictures painted together in one pass.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    /// Initial latents: float32 .npy of shape [1, 4, H/f, W/f] (diffusers' `latents=`).
-    #[arg(long)]
-    pub init_latents: Option<PathBuf>,
-}
-
-fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
+/// Parses a scheduler name for clap.
+pub fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
         .map_err(|e: crate::engine::scheduler::SchedulerError| e.to_string())
 }
@@ -101,24 +63,9 @@ pub enum BenchCommand {
     /// Time the engine on the configured model (HUABI__ENGINE__MODEL_DIR, HUABI__ENGINE__THREADS): median seconds
     /// per batch, images/s and per-stage time for each batch size. `scripts/bench-engine` compares it with Python.
     Engine {
-        /// Picture width.
-        #[arg(long, default_value_t = 64)]
-        width: u32,
-        /// Picture height.
-        #[arg(long, default_value_t = 64)]
-        height: u32,
-        /// Denoising steps.
-        #[arg(long, default_value_t = 4)]
-        steps: usize,
-        /// Comma-separated batch sizes.
-        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
-        batches: Vec<usize>,
-        /// Timed runs per batch size (after a warm-up run).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Scheduler.
-        #[arg(long, value_parser = parse_scheduler, default_value = "euler")]
-        scheduler: SchedulerKind,
+        /// What to measure.
+        #[command(flatten)]
+        options: bench::EngineBenchOptions,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -176,44 +123,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied ({})", store.backend());
             Ok(())
         }
-        Command::Generate(args) => {
+        Command::Generate(options) => {
             let settings = load_settings()?;
-            let options = GenerateOptions {
-                prompt: args.prompt,
-                negative: args.negative,
-                out: args.out,
-                steps: args.steps,
-                seed: args.seed,
-                width: args.width,
-                height: args.height,
-                guidance: args.guidance,
-                scheduler: args.scheduler,
-                batch: args.batch,
-                init_latents: args.init_latents,
-            };
             tokio::task::spawn_blocking(move || crate::generate::run(&settings.engine, &options))
                 .await
                 .context("generate task")??;
             Ok(())
         }
-        Command::Bench(BenchCommand::Engine {
-            width,
-            height,
-            steps,
-            batches,
-            runs,
-            scheduler,
-            json,
-        }) => {
+        Command::Bench(BenchCommand::Engine { options, json }) => {
             let settings = load_settings()?;
-            let options = bench::EngineBenchOptions {
-                width,
-                height,
-                steps,
-                batches,
-                runs,
-                scheduler,
-            };
             let rows =
                 tokio::task::spawn_blocking(move || bench::run_engine(&settings.engine, &options))
                     .await

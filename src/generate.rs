@@ -13,30 +13,41 @@ use crate::engine::{
     Batch, BatchKey, EngineConfig, Item, Picture, Progress, SchedulerKind, StableDiffusion, npy,
 };
 
-/// What to paint and where to write it.
-#[derive(Debug, Clone)]
+/// What to paint and where to write it (the flags of `huabi generate`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct GenerateOptions {
-    /// The prompt.
+    /// What to paint.
+    #[arg(long)]
     pub prompt: String,
-    /// The negative prompt.
+    /// What to avoid.
+    #[arg(long, default_value = "")]
     pub negative: String,
-    /// Output file (`.png`, `.jpg` or `.jpeg`); with a batch, `<stem>-<i>.<ext>`.
+    /// Output file: .png or .jpg/.jpeg (with --batch B: <stem>-0 … <stem>-(B-1) beside it).
+    #[arg(long)]
     pub out: PathBuf,
     /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// First seed (item i uses seed + i); random when absent.
+    /// Seed of the first picture (picture i uses seed + i); random when omitted.
+    #[arg(long)]
     pub seed: Option<u64>,
-    /// Width in pixels.
+    /// Width in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 512)]
     pub width: u32,
-    /// Height in pixels.
+    /// Height in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 512)]
     pub height: u32,
-    /// Guidance scale.
+    /// Classifier-free guidance scale (1 or less turns guidance off).
+    #[arg(long, default_value_t = 7.5)]
     pub guidance: f32,
-    /// Scheduler; the model's own when absent.
+    /// Scheduler: euler, euler_a, dpmpp_2m_karras, ddim or lcm (default: the model's own, else euler).
+    #[arg(long, value_parser = crate::cli::parse_scheduler)]
     pub scheduler: Option<SchedulerKind>,
-    /// Pictures in the batch.
+    /// Pictures painted together in one pass.
+    #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// `.npy` initial latents, [1 or B, 4, H/f, W/f].
+    /// Initial latents: float32 .npy of shape [1, 4, H/f, W/f] (diffusers' `latents=`).
+    #[arg(long)]
     pub init_latents: Option<PathBuf>,
 }
 

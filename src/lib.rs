@@ -1,4 +1,5 @@
 //! huabi (画笔): an AI painting service for WeChat Official Accounts.
+#![warn(missing_docs)]
 
 /// Builds the roles from settings and runs them until shutdown.
 pub mod app;
