@@ -16,6 +16,8 @@ use super::{Batch, EngineConfig, EngineError, Picture};
 
 /// Latent channels of SD 1.x/2.x.
 const LATENT_CHANNELS: usize = 4;
+/// Most output pixels one VAE call decodes (256² × 4).
+const VAE_PIXELS_PER_CALL: usize = 262_144;
 /// Distinct negative prompts whose embeddings are kept.
 const NEGATIVE_CACHE: usize = 64;
 
@@ -122,9 +124,7 @@ impl StableDiffusion {
         let folder = ModelFolder::inspect(&config.model_dir)?;
         let tokenizer = ClipTokenizer::from_dir(&folder.root.join("tokenizer"))?;
         let env = runtime::environment(config, device)?;
-        let open = |component: &str| {
-            runtime::open_session(&env, &folder.onnx(component), device, config.threads)
-        };
+        let open = |component: &str| runtime::open_session(&env, &folder.onnx(component), device);
         let text_encoder = open("text_encoder")?;
         let unet = open("unet")?;
         let vae = open("vae_decoder")?;
@@ -426,7 +426,8 @@ impl StableDiffusion {
         Ok(values)
     }
 
-    /// Decodes the items' latents into pictures: one call for float32 VAEs, one item at a time for float16 ones
+    /// Decodes the items' latents into pictures, several per call for float32 VAEs up to a pixel budget (the VAE's
+    /// activations are large: four 512² pictures at once took over 10 GB), one at a time for float16 ones
     /// (diffusers reports wrong results from half-precision VAEs at batch > 1).
     fn decode(
         &mut self,
@@ -434,10 +435,12 @@ impl StableDiffusion {
         h: usize,
         w: usize,
     ) -> Result<Vec<Picture>, EngineError> {
+        let f = self.folder.vae_scale_factor as usize;
+        let pixels = (h * f * w * f).max(1);
         let per_call = if self.io.latent_sample.dtype == TensorElementType::Float16 {
             1
         } else {
-            latents.len()
+            (VAE_PIXELS_PER_CALL / pixels).clamp(1, latents.len().max(1))
         };
         let inv = (1.0 / self.folder.latent_scaling as f64) as f32;
         let mut pictures = Vec::with_capacity(latents.len());

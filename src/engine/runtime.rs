@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
@@ -63,33 +63,53 @@ pub fn default_library_candidates(device: Device) -> Vec<PathBuf> {
 /// The process-wide environment: ONNX Runtime can be loaded only once per process.
 static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 
-/// Loads ONNX Runtime from the configured path (or the defaults) and returns the environment.
+/// Loads ONNX Runtime from the configured path (or the defaults) and returns the environment, whose one intra-op
+/// thread pool all sessions share (per-session pools spin against each other on few cores).
 pub fn environment(config: &EngineConfig, device: Device) -> Result<Environment, EngineError> {
+    let path = resolve_library(config, device)?;
     let mut slot = ENVIRONMENT
         .lock()
         .map_err(|_| EngineError::Runtime("environment lock poisoned".into()))?;
-    if let Some((_, env)) = slot.as_ref() {
+    if let Some((loaded, env)) = slot.as_ref() {
+        if *loaded != path {
+            tracing::warn!(loaded = %loaded.display(), asked = %path.display(), "ONNX Runtime loads once per process; keeping the first");
+        }
         return Ok(env.clone());
     }
-    let path = resolve_library(config, device)?;
+    let gpu_hint = if matches!(device, Device::Cuda(_)) {
+        " --gpu"
+    } else {
+        ""
+    };
     let builder = ort::init_from(&path).map_err(|e| {
         EngineError::Runtime(format!(
-            "cannot load {} ({e}); huabi needs ONNX Runtime {ORT_VERSION}: run scripts/fetch-ort{}",
-            path.display(),
-            if matches!(device, Device::Cuda(_)) {
-                " --gpu"
-            } else {
-                ""
-            }
+            "cannot load {} ({e}); huabi needs ONNX Runtime {ORT_VERSION}: run scripts/fetch-ort{gpu_hint}",
+            path.display()
         ))
     })?;
+    let pool = GlobalThreadPoolOptions::default()
+        .with_intra_threads(thread_count(config.threads))
+        .and_then(|p| p.with_inter_threads(1))
+        .map_err(|e| EngineError::Runtime(e.to_string()))?;
     let env = builder
         .with_name("huabi")
+        .with_global_thread_pool(pool)
         .build()
         .map_err(|e| EngineError::Runtime(e.to_string()))?;
-    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    tracing::info!(library = %path.display(), threads = thread_count(config.threads), "ONNX Runtime loaded");
     *slot = Some((path, env.clone()));
     Ok(env)
+}
+
+/// `threads`, or all cores for 0.
+fn thread_count(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    }
 }
 
 fn resolve_library(config: &EngineConfig, device: Device) -> Result<PathBuf, EngineError> {
@@ -114,29 +134,19 @@ fn resolve_library(config: &EngineConfig, device: Device) -> Result<PathBuf, Eng
     })
 }
 
-/// Opens one model file as a session on `device` with `threads` intra-op threads (0 = all cores).
+/// Opens one model file as a session on `device`, running on the environment's shared thread pool.
 pub fn open_session(
     env: &Environment,
     path: &Path,
     device: Device,
-    threads: usize,
 ) -> Result<Session, EngineError> {
     let fail = |e: ort::Error| EngineError::Model {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let threads = if threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        threads
-    };
     let mut builder = Session::builder(env)
         .map_err(fail)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| fail(e.into()))?
-        .with_intra_threads(threads)
         .map_err(|e| fail(e.into()))?;
     match device {
         Device::Cpu => {}
