@@ -2,6 +2,7 @@
 //! prompts into pictures. The rest of huabi imports only the items re-exported here.
 
 pub mod encode;
+mod handle;
 pub mod label;
 mod model;
 pub mod noise;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use handle::{EngineHandle, LabelledJpeg};
 pub use model::{ModelFolder, ModelIo};
 pub use pipeline::{Generated, Progress, StableDiffusion, StageTimings};
 pub use runtime::{Device, default_library_candidates};

@@ -436,3 +436,49 @@ fn runtime_and_device_problems_are_clear_errors_not_panics() {
     ]);
     assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
 }
+
+#[tokio::test]
+async fn engine_thread_serves_concurrent_callers_and_labels_off_thread() {
+    use huabi::engine::EngineHandle;
+    use huabi::engine::label::AigcRecord;
+    let handle =
+        EngineHandle::spawn(config(&root().join("models/tiny-sd"))).expect("engine thread");
+    let mut tasks = Vec::new();
+    for n in 0..3u64 {
+        let handle = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = Batch {
+                key: key(SchedulerKind::Euler, 2),
+                items: vec![item("moon", n), item("lantern", n + 10)],
+            };
+            let records = vec![
+                AigcRecord::new("huabi-test", &format!("job-{n}")),
+                AigcRecord::new("huabi-test", &format!("job-{}", n + 10)),
+            ];
+            handle.paint(batch, records).await
+        }));
+    }
+    for (n, task) in tasks.into_iter().enumerate() {
+        let (files, timings) = task.await.expect("task").expect("painted");
+        assert_eq!(files.len(), 2);
+        assert!(timings.denoise > std::time::Duration::ZERO);
+        for f in &files {
+            assert_eq!(&f.jpeg[..2], &[0xFF, 0xD8]);
+            assert!(f.jpeg.len() <= 2 * 1024 * 1024);
+        }
+        assert!(String::from_utf8_lossy(&files[0].jpeg).contains(&format!("job-{n}")));
+    }
+    let bad = handle
+        .paint(
+            Batch {
+                key: key(SchedulerKind::Euler, 2),
+                items: vec![item("x", 1)],
+            },
+            vec![],
+        )
+        .await;
+    assert!(matches!(bad, Err(EngineError::Invalid(_))));
+    let err =
+        EngineHandle::spawn(config(&root().join("no-such-model"))).expect_err("missing model");
+    assert!(err.to_string().contains("is not a folder"), "{err}");
+}
