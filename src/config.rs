@@ -41,6 +41,8 @@ pub struct Settings {
     pub wechat: WechatSettings,
     /// The painting engine.
     pub engine: crate::engine::EngineConfig,
+    /// How jobs are painted and leased.
+    pub jobs: JobSettings,
     /// Reply texts.
     pub replies: ReplySettings,
     /// Logging.
@@ -116,6 +118,27 @@ pub struct WechatSettings {
     pub api_base: String,
     /// Allowed difference between a request's timestamp and now, in seconds.
     pub max_clock_skew_secs: u64,
+}
+
+/// `[jobs]`: painting parameters of a request and the queue's leases.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Guidance scale.
+    pub guidance: f32,
+    /// Negative prompt.
+    pub negative_prompt: String,
+    /// Lease length in seconds.
+    pub lease_secs: f64,
+    /// Leases before a job fails.
+    pub max_attempts: i32,
 }
 
 /// `[replies]`: every text a follower can receive.
@@ -214,6 +237,18 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "server.body_limit_bytes",
                 reason: "must be positive".into(),
+            });
+        }
+        if self.jobs.scheduler.parse::<crate::engine::SchedulerKind>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "jobs.scheduler",
+                reason: format!("unknown scheduler {:?}", self.jobs.scheduler),
+            });
+        }
+        if !(self.jobs.lease_secs > 0.0) || self.jobs.max_attempts < 1 {
+            return Err(ConfigError::Invalid {
+                key: "jobs.lease_secs",
+                reason: "lease_secs must be positive and max_attempts at least 1".into(),
             });
         }
         if self.database.max_connections == 0 {

@@ -10,7 +10,7 @@ use super::{AppState, error::ApiError};
 use crate::channel::Reply;
 use crate::channel::wechat::WebhookQuery;
 use crate::command;
-use crate::store::{Admission, Submission};
+use crate::store::{Admission, NewJob, Submission};
 
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -35,7 +35,7 @@ pub async fn receive_wechat(
     let plan = command::plan(&inbound.kind, &state.settings.replies);
     let submission = Submission {
         inbound,
-        job_prompt: plan.job_prompt,
+        job: plan.job_prompt.map(|prompt| NewJob::new(prompt, &state.settings.jobs)),
         reply: plan.reply,
     };
     let reply = match state.store.submit(&submission).await? {

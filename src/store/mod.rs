@@ -41,10 +41,44 @@ pub enum StoreError {
 pub struct Submission<'a> {
     /// The message.
     pub inbound: &'a Inbound,
-    /// The prompt of the job to create, if the message asks for a painting.
-    pub job_prompt: Option<String>,
+    /// The job to create, if the message asks for a painting.
+    pub job: Option<NewJob>,
     /// The reply to store, so retries of the message get the same answer.
     pub reply: Reply,
+}
+
+/// A painting request to admit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative_prompt: String,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Guidance scale.
+    pub guidance: f32,
+}
+
+impl NewJob {
+    /// A job for `prompt` with the configured painting parameters.
+    pub fn new(prompt: impl Into<String>, settings: &crate::config::JobSettings) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: settings.negative_prompt.clone(),
+            width: settings.width,
+            height: settings.height,
+            steps: settings.steps,
+            scheduler: settings.scheduler.clone(),
+            guidance: settings.guidance,
+        }
+    }
 }
 
 /// The result of [`Store::submit`].

@@ -19,8 +19,9 @@ WITH inbound AS (
     ON CONFLICT (channel, account, dedup_key) DO NOTHING
     RETURNING id
 ), job AS (
-    INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id)
-    SELECT $1, $2, $4, $8, $9, inbound.id FROM inbound WHERE $9::text IS NOT NULL
+    INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
+                      negative_prompt, width, height, steps, scheduler, guidance)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15 FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
 )
 SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
@@ -63,6 +64,7 @@ impl Store for PgStore {
 
     async fn submit(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
         let m = s.inbound;
+        let job = s.job.as_ref();
         let (inbound_id, job_id): (Option<i64>, Option<i64>) = sqlx::query_as(SUBMIT)
             .bind(m.channel)
             .bind(&m.account)
@@ -72,7 +74,13 @@ impl Store for PgStore {
             .bind(m.kind.name())
             .bind(encode_reply(&s.reply))
             .bind(source_msg_id(m))
-            .bind(&s.job_prompt)
+            .bind(job.map(|j| &j.prompt))
+            .bind(job.map(|j| &j.negative_prompt))
+            .bind(job.map(|j| j.width as i32))
+            .bind(job.map(|j| j.height as i32))
+            .bind(job.map(|j| j.steps as i32))
+            .bind(job.map(|j| &j.scheduler))
+            .bind(job.map(|j| j.guidance))
             .fetch_one(&self.pool)
             .await?;
         if inbound_id.is_some() {

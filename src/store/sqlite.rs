@@ -99,18 +99,25 @@ impl Store for SqliteStore {
                 reply: decode_reply(&reply)?,
             });
         };
-        let job_id = match &s.job_prompt {
-            Some(prompt) => {
+        let job_id = match &s.job {
+            Some(job) => {
                 let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                    "INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
+                                       negative_prompt, width, height, steps, scheduler, guidance)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
                 )
                 .bind(m.channel)
                 .bind(&m.account)
                 .bind(&m.user_id)
                 .bind(source_msg_id(m))
-                .bind(prompt)
+                .bind(&job.prompt)
                 .bind(inbound_id)
+                .bind(&job.negative_prompt)
+                .bind(job.width as i64)
+                .bind(job.height as i64)
+                .bind(job.steps as i64)
+                .bind(&job.scheduler)
+                .bind(job.guidance)
                 .fetch_one(&mut *tx)
                 .await?;
                 Some(id)

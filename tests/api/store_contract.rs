@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use huabi::channel::{Event, Inbound, InboundKind, Reply};
-use huabi::store::{self, Admission, Store, Submission};
+use huabi::store::{self, Admission, NewJob, Store, Submission};
 
 use crate::helpers::{Backend, TestDb, settings};
 
@@ -28,6 +28,10 @@ fn text(user: &str, msg_id: &str, content: &str) -> Inbound {
     }
 }
 
+fn job(prompt: impl Into<String>) -> NewJob {
+    NewJob::new(prompt, &settings("sqlite://unused", &[]).jobs)
+}
+
 fn reply(t: &str) -> Reply {
     Reply::Text { text: t.into() }
 }
@@ -39,7 +43,7 @@ async fn first_submission_creates_a_queued_job(backend: Backend) {
     let got = store
         .submit(&Submission {
             inbound: &m,
-            job_prompt: Some("月亮".into()),
+            job: Some(job("月亮")),
             reply: reply("ok"),
         })
         .await
@@ -73,7 +77,7 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     let m = text("u1", "101", "桂花");
     let first = Submission {
         inbound: &m,
-        job_prompt: Some("桂花".into()),
+        job: Some(job("桂花")),
         reply: reply("first reply"),
     };
     assert!(matches!(
@@ -83,7 +87,7 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     // The retry computes a different reply; the stored one wins.
     let retry = Submission {
         inbound: &m,
-        job_prompt: Some("桂花".into()),
+        job: Some(job("桂花")),
         reply: reply("other"),
     };
     for _ in 0..3 {
@@ -114,7 +118,7 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
     };
     let s = Submission {
         inbound: &m,
-        job_prompt: None,
+        job: None,
         reply: reply("welcome"),
     };
     assert_eq!(
@@ -133,7 +137,7 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
     };
     let s = Submission {
         inbound: &silent,
-        job_prompt: None,
+        job: None,
         reply: Reply::None,
     };
     store.submit(&s).await.expect("submit");
@@ -162,7 +166,7 @@ async fn same_msg_id_from_different_users_or_accounts_are_different_messages(bac
     for m in [&a, &b, &c] {
         let s = Submission {
             inbound: m,
-            job_prompt: Some("p".into()),
+            job: Some(job("p")),
             reply: reply("r"),
         };
         assert!(matches!(
@@ -185,7 +189,7 @@ async fn concurrent_retries_admit_exactly_once(backend: Backend) {
                 store
                     .submit(&Submission {
                         inbound: &m,
-                        job_prompt: Some("race".into()),
+                        job: Some(job("race")),
                         reply: reply("r"),
                     })
                     .await
@@ -219,7 +223,7 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     store
         .submit(&Submission {
             inbound: &m,
-            job_prompt: Some(prompt.into()),
+            job: Some(job(prompt)),
             reply: reply(prompt),
         })
         .await
@@ -228,7 +232,7 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     let dup = store
         .submit(&Submission {
             inbound: &m,
-            job_prompt: None,
+            job: None,
             reply: Reply::None,
         })
         .await
