@@ -239,7 +239,12 @@ impl Settings {
                 reason: "must be positive".into(),
             });
         }
-        if self.jobs.scheduler.parse::<crate::engine::SchedulerKind>().is_err() {
+        if self
+            .jobs
+            .scheduler
+            .parse::<crate::engine::SchedulerKind>()
+            .is_err()
+        {
             return Err(ConfigError::Invalid {
                 key: "jobs.scheduler",
                 reason: format!("unknown scheduler {:?}", self.jobs.scheduler),

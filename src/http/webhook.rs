@@ -35,7 +35,9 @@ pub async fn receive_wechat(
     let plan = command::plan(&inbound.kind, &state.settings.replies);
     let submission = Submission {
         inbound,
-        job: plan.job_prompt.map(|prompt| NewJob::new(prompt, &state.settings.jobs)),
+        job: plan
+            .job_prompt
+            .map(|prompt| NewJob::new(prompt, &state.settings.jobs)),
         reply: plan.reply,
     };
     let reply = match state.store.submit(&submission).await? {

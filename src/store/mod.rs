@@ -117,6 +117,42 @@ pub struct JobRow {
     pub created_at: OffsetDateTime,
 }
 
+/// A job leased to a worker, with everything needed to paint it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LeasedJob {
+    /// Job id.
+    pub id: i64,
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative_prompt: String,
+    /// Picture width.
+    pub width: i32,
+    /// Picture height.
+    pub height: i32,
+    /// Denoising steps.
+    pub steps: i32,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Guidance scale.
+    pub guidance: f32,
+    /// The seed, chosen at the first lease and kept on retries.
+    pub seed: i64,
+    /// Leases taken so far, this one included.
+    pub attempts: i32,
+}
+
+/// What happened to a job a worker gave up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobFate {
+    /// Back in the queue for another attempt.
+    Requeued,
+    /// Out of attempts: failed for good.
+    Failed,
+    /// The worker no longer held the lease (another worker took the job over); nothing changed.
+    LeaseLost,
+}
+
 /// Counts of what is stored, for tests and operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -141,6 +177,35 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError>;
     /// Row counts.
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// Leases up to `max` jobs sharing the oldest eligible job's painting parameters (queued ones, or running ones
+    /// whose lease expired, with attempts left), oldest first, for `lease_secs`.
+    async fn lease_jobs(
+        &self,
+        worker: &str,
+        max: i64,
+        lease_secs: f64,
+        max_attempts: i32,
+    ) -> Result<Vec<LeasedJob>, StoreError>;
+    /// Extends every lease `worker` holds; returns how many.
+    async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError>;
+    /// Stores the finished picture and marks the job `done`, if `worker` still holds it; returns whether it did.
+    async fn complete_job(&self, id: i64, worker: &str, jpeg: &[u8]) -> Result<bool, StoreError>;
+    /// Gives a job back after an error: requeued while attempts remain, else failed with `error`.
+    async fn fail_job(
+        &self,
+        id: i64,
+        worker: &str,
+        error: &str,
+        max_attempts: i32,
+    ) -> Result<JobFate, StoreError>;
+    /// Fails running jobs whose lease expired with no attempts left; returns their ids.
+    async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError>;
+    /// Puts the jobs `worker` holds back in the queue without counting the attempt (graceful shutdown).
+    async fn release_leases(&self, worker: &str) -> Result<u64, StoreError>;
+    /// The status of a job, if it exists.
+    async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError>;
+    /// The finished picture of a job, if stored.
+    async fn job_image(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Connects to the database the URL names (without migrating).
@@ -158,6 +223,15 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, Stor
 /// The `source_msg_id` recorded for a job: the platform's message id, or the dedup key for id-less messages.
 fn source_msg_id(inbound: &Inbound) -> &str {
     inbound.message_id.as_deref().unwrap_or(&inbound.dedup_key)
+}
+
+/// The fate of a job from the status `fail_job` left it in (no row: the lease was lost).
+fn fate(status: Option<(String,)>) -> JobFate {
+    match status.as_ref().map(|(s,)| s.as_str()) {
+        Some("failed") => JobFate::Failed,
+        Some(_) => JobFate::Requeued,
+        None => JobFate::LeaseLost,
+    }
 }
 
 fn encode_reply(reply: &Reply) -> String {

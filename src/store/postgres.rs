@@ -5,8 +5,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use super::{
-    Admission, Counts, JobRow, Store, StoreError, Submission, decode_reply, encode_reply,
-    source_msg_id,
+    Admission, Counts, JobFate, JobRow, LeasedJob, Store, StoreError, Submission, decode_reply,
+    encode_reply, fate, source_msg_id,
 };
 use crate::config::DatabaseSettings;
 
@@ -25,6 +25,27 @@ WITH inbound AS (
     RETURNING id
 )
 SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
+
+/// Leases the oldest eligible job's batch: same painting parameters, oldest first, skipping rows other workers
+/// are locking right now.
+const LEASE: &str = "
+WITH head AS (
+    SELECT width, height, steps, scheduler FROM jobs
+    WHERE (status = 'queued' OR (status = 'running' AND leased_until < now())) AND attempts < $4
+    ORDER BY created_at, id LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT j.id FROM jobs j, head
+    WHERE (j.status = 'queued' OR (j.status = 'running' AND j.leased_until < now())) AND j.attempts < $4
+      AND j.width = head.width AND j.height = head.height AND j.steps = head.steps AND j.scheduler = head.scheduler
+    ORDER BY j.created_at, j.id LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_interval(secs => $3),
+    attempts = attempts + 1, started_at = coalesce(started_at, now()), error = NULL,
+    seed = coalesce(seed, floor(random() * 4503599627370496)::bigint)
+FROM picked WHERE jobs.id = picked.id
+RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts";
 
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -116,5 +137,122 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn lease_jobs(
+        &self,
+        worker: &str,
+        max: i64,
+        lease_secs: f64,
+        max_attempts: i32,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let mut jobs: Vec<LeasedJob> = sqlx::query_as(LEASE)
+            .bind(worker)
+            .bind(max)
+            .bind(lease_secs)
+            .bind(max_attempts)
+            .fetch_all(&self.pool)
+            .await?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET leased_until = now() + make_interval(secs => $2)
+             WHERE leased_by = $1 AND status = 'running'",
+        )
+        .bind(worker)
+        .bind(lease_secs)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn complete_job(&self, id: i64, worker: &str, jpeg: &[u8]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'done', finished_at = now(), leased_by = NULL, leased_until = NULL
+             WHERE id = $1 AND leased_by = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO job_images (job_id, jpeg) VALUES ($1, $2)")
+            .bind(id)
+            .bind(jpeg)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn fail_job(
+        &self,
+        id: i64,
+        worker: &str,
+        error: &str,
+        max_attempts: i32,
+    ) -> Result<JobFate, StoreError> {
+        let status: Option<(String,)> = sqlx::query_as(
+            "UPDATE jobs SET status = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN attempts >= $4 THEN now() END,
+                 leased_by = NULL, leased_until = NULL, error = $3
+             WHERE id = $1 AND leased_by = $2 AND status = 'running'
+             RETURNING status",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(error)
+        .bind(max_attempts)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(fate(status))
+    }
+
+    async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE jobs SET status = 'failed', finished_at = now(), leased_by = NULL, leased_until = NULL,
+                 error = coalesce(error, 'the worker stopped answering on every attempt')
+             WHERE status = 'running' AND leased_until < now() AND attempts >= $1
+             RETURNING id",
+        )
+        .bind(max_attempts)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn release_leases(&self, worker: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET status = 'queued', leased_by = NULL, leased_until = NULL, attempts = attempts - 1
+             WHERE leased_by = $1 AND status = 'running'",
+        )
+        .bind(worker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(s,)| s))
+    }
+
+    async fn job_image(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT jpeg FROM job_images WHERE job_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(j,)| j))
     }
 }

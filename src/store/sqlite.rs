@@ -9,10 +9,19 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    Admission, Counts, JobRow, Store, StoreError, Submission, decode_reply, encode_reply,
-    source_msg_id,
+    Admission, Counts, JobFate, JobRow, LeasedJob, Store, StoreError, Submission, decode_reply,
+    encode_reply, fate, source_msg_id,
 };
 use crate::config::DatabaseSettings;
+
+/// The current time in the format every SQLite timestamp column uses (so text comparison orders them).
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+/// Now plus `?3` seconds.
+const UNTIL: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', ?3))";
+/// A job a worker may lease: queued, or running with an expired lease, with attempts left (`?4`).
+const ELIGIBLE: &str = "(status = 'queued' OR (status = 'running' AND leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))) AND attempts < ?4";
+/// [`ELIGIBLE`] for the alias `j`.
+const ELIGIBLE_J: &str = "(j.status = 'queued' OR (j.status = 'running' AND j.leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))) AND j.attempts < ?4";
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -145,5 +154,136 @@ impl Store for SqliteStore {
         .fetch_one(&self.reader)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn lease_jobs(
+        &self,
+        worker: &str,
+        max: i64,
+        lease_secs: f64,
+        max_attempts: i32,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        // One statement: atomic, and SQLite admits one writer at a time.
+        let mut jobs: Vec<LeasedJob> = sqlx::query_as(&format!(
+            "UPDATE jobs SET status = 'running', leased_by = ?1, leased_until = {UNTIL},
+                 attempts = attempts + 1, started_at = coalesce(started_at, {NOW}), error = NULL,
+                 seed = coalesce(seed, abs(random()) % 4503599627370496)
+             WHERE id IN (
+                 SELECT j.id FROM jobs j,
+                     (SELECT width, height, steps, scheduler FROM jobs WHERE {ELIGIBLE}
+                      ORDER BY created_at, id LIMIT 1) head
+                 WHERE {ELIGIBLE_J}
+                   AND j.width = head.width AND j.height = head.height AND j.steps = head.steps
+                   AND j.scheduler = head.scheduler
+                 ORDER BY j.created_at, j.id LIMIT ?2)
+             RETURNING id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts"
+        ))
+        .bind(worker)
+        .bind(max)
+        .bind(lease_secs)
+        .bind(max_attempts)
+        .fetch_all(&self.writer)
+        .await?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "UPDATE jobs SET leased_until = {UNTIL} WHERE leased_by = ?1 AND status = 'running'"
+        ))
+        .bind(worker)
+        .bind(0i64)
+        .bind(lease_secs)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    async fn complete_job(&self, id: i64, worker: &str, jpeg: &[u8]) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'done', finished_at = {NOW}, leased_by = NULL, leased_until = NULL
+             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'"
+        ))
+        .bind(id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO job_images (job_id, jpeg) VALUES (?1, ?2)")
+            .bind(id)
+            .bind(jpeg)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn fail_job(
+        &self,
+        id: i64,
+        worker: &str,
+        error: &str,
+        max_attempts: i32,
+    ) -> Result<JobFate, StoreError> {
+        let status: Option<(String,)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET status = CASE WHEN attempts >= ?4 THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN attempts >= ?4 THEN {NOW} END,
+                 leased_by = NULL, leased_until = NULL, error = ?3
+             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'
+             RETURNING status"
+        ))
+        .bind(id)
+        .bind(worker)
+        .bind(error)
+        .bind(max_attempts)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(fate(status))
+    }
+
+    async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET status = 'failed', finished_at = {NOW}, leased_by = NULL, leased_until = NULL,
+                 error = coalesce(error, 'the worker stopped answering on every attempt')
+             WHERE status = 'running' AND leased_until < {NOW} AND attempts >= ?1
+             RETURNING id"
+        ))
+        .bind(max_attempts)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn release_leases(&self, worker: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET status = 'queued', leased_by = NULL, leased_until = NULL, attempts = attempts - 1
+             WHERE leased_by = ?1 AND status = 'running'",
+        )
+        .bind(worker)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|(s,)| s))
+    }
+
+    async fn job_image(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT jpeg FROM job_images WHERE job_id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|(j,)| j))
     }
 }

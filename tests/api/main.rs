@@ -4,6 +4,7 @@ mod engine;
 mod helpers;
 mod hostile;
 mod interop;
+mod queue_contract;
 mod store_contract;
 mod two_nodes;
 mod webhook;

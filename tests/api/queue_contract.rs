@@ -1,0 +1,252 @@
+//! The job queue's store contract, run unchanged against PostgreSQL and SQLite: batching by parameters, leases,
+//! takeover after expiry, heartbeats, bounded attempts, completion only by the lease holder.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use huabi::channel::{Inbound, InboundKind, Reply};
+use huabi::store::{self, JobFate, NewJob, Store, Submission};
+
+use crate::helpers::{Backend, TestDb, settings};
+
+async fn store_for(db: &TestDb) -> Arc<dyn Store> {
+    let store = store::connect(&settings(&db.url, &[]).database)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn add_job(store: &dyn Store, n: u32, width: u32) -> i64 {
+    let inbound = Inbound {
+        channel: "wechat",
+        account: "gh_q".into(),
+        user_id: format!("u{n}"),
+        message_id: Some(n.to_string()),
+        dedup_key: format!("m:{n}"),
+        sent_at: 1,
+        kind: InboundKind::Text {
+            content: format!("prompt {n}"),
+        },
+    };
+    let job = NewJob {
+        width,
+        ..NewJob::new(
+            format!("prompt {n}"),
+            &settings("sqlite://unused", &[]).jobs,
+        )
+    };
+    match store
+        .submit(&Submission {
+            inbound: &inbound,
+            job: Some(job),
+            reply: Reply::None,
+        })
+        .await
+        .expect("submit")
+    {
+        store::Admission::Accepted { job_id: Some(id) } => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn lease_groups_by_parameters_oldest_first(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    let a1 = add_job(&*s, 1, 512).await;
+    let b1 = add_job(&*s, 2, 256).await;
+    let a2 = add_job(&*s, 3, 512).await;
+    let a3 = add_job(&*s, 4, 512).await;
+    let first = s.lease_jobs("w1", 10, 30.0, 3).await.expect("lease");
+    assert_eq!(
+        first.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a1, a2, a3]
+    );
+    assert!(first.iter().all(|j| j.width == 512
+        && j.attempts == 1
+        && j.seed >= 0
+        && j.steps == 20
+        && j.scheduler == "euler"));
+    assert!((first[0].guidance - 7.5).abs() < 1e-6);
+    let second = s.lease_jobs("w1", 10, 30.0, 3).await.expect("lease");
+    assert_eq!((second.len(), second[0].id, second[0].width), (1, b1, 256));
+    assert!(
+        s.lease_jobs("w2", 10, 30.0, 3)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    assert_eq!(
+        s.job_status(a1).await.expect("status").as_deref(),
+        Some("running")
+    );
+}
+
+async fn concurrent_workers_never_share_a_job(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    for n in 0..30 {
+        add_job(&*s, n, 512).await;
+    }
+    let mut workers = Vec::new();
+    for w in 0..5 {
+        let s = s.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s
+                    .lease_jobs(&format!("w{w}"), 4, 30.0, 3)
+                    .await
+                    .expect("lease");
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|j| j.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (30, 30),
+        "every job leased exactly once"
+    );
+}
+
+async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    let id = add_job(&*s, 1, 512).await;
+    let a = s.lease_jobs("worker-a", 1, 0.2, 3).await.expect("lease");
+    assert!(
+        s.lease_jobs("worker-b", 1, 30.0, 3)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "lease still held"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let b = s
+        .lease_jobs("worker-b", 1, 30.0, 3)
+        .await
+        .expect("takeover");
+    assert_eq!((b.len(), b[0].id, b[0].attempts), (1, id, 2));
+    assert_eq!(b[0].seed, a[0].seed, "the seed is kept on retries");
+    assert!(
+        !s.complete_job(id, "worker-a", b"late")
+            .await
+            .expect("complete"),
+        "the old holder lost the lease"
+    );
+    assert_eq!(
+        s.fail_job(id, "worker-a", "late", 3).await.expect("fail"),
+        JobFate::LeaseLost
+    );
+    assert!(
+        s.complete_job(id, "worker-b", b"\xFF\xD8jpeg")
+            .await
+            .expect("complete")
+    );
+    assert_eq!(
+        s.job_status(id).await.expect("status").as_deref(),
+        Some("done")
+    );
+    assert_eq!(
+        s.job_image(id).await.expect("image").as_deref(),
+        Some(&b"\xFF\xD8jpeg"[..])
+    );
+    assert!(
+        !s.complete_job(id, "worker-b", b"again")
+            .await
+            .expect("complete"),
+        "done only once"
+    );
+}
+
+async fn heartbeats_keep_leases(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    add_job(&*s, 1, 512).await;
+    assert_eq!(s.lease_jobs("w1", 1, 0.3, 3).await.expect("lease").len(), 1);
+    assert_eq!(s.heartbeat("w1", 30.0).await.expect("heartbeat"), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        s.lease_jobs("w2", 1, 30.0, 3)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+}
+
+async fn attempts_are_bounded(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    let crashed = add_job(&*s, 1, 512).await;
+    for _ in 0..2 {
+        assert_eq!(s.lease_jobs("w", 1, 0.1, 2).await.expect("lease").len(), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        s.lease_jobs("w", 1, 0.1, 2)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "no third attempt"
+    );
+    assert_eq!(s.fail_exhausted(2).await.expect("exhausted"), vec![crashed]);
+    assert_eq!(
+        s.job_status(crashed).await.expect("status").as_deref(),
+        Some("failed")
+    );
+
+    let erring = add_job(&*s, 2, 512).await;
+    s.lease_jobs("w", 1, 30.0, 2).await.expect("lease");
+    assert_eq!(
+        s.fail_job(erring, "w", "boom", 2).await.expect("fail"),
+        JobFate::Requeued
+    );
+    s.lease_jobs("w", 1, 30.0, 2).await.expect("lease");
+    assert_eq!(
+        s.fail_job(erring, "w", "boom", 2).await.expect("fail"),
+        JobFate::Failed
+    );
+    assert_eq!(
+        s.job_status(erring).await.expect("status").as_deref(),
+        Some("failed")
+    );
+}
+
+async fn released_leases_do_not_count_as_attempts(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    add_job(&*s, 1, 512).await;
+    s.lease_jobs("w1", 1, 30.0, 3).await.expect("lease");
+    assert_eq!(s.release_leases("w1").await.expect("release"), 1);
+    let again = s.lease_jobs("w2", 1, 30.0, 3).await.expect("lease");
+    assert_eq!(again[0].attempts, 1);
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Postgres).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Sqlite).await })*
+        }
+    };
+}
+
+contract!(
+    lease_groups_by_parameters_oldest_first,
+    concurrent_workers_never_share_a_job,
+    expired_leases_are_taken_over_and_only_the_holder_completes,
+    heartbeats_keep_leases,
+    attempts_are_bounded,
+    released_leases_do_not_count_as_attempts,
+);
