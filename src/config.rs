@@ -250,7 +250,10 @@ impl Settings {
                 reason: format!("unknown scheduler {:?}", self.jobs.scheduler),
             });
         }
-        if !(self.jobs.lease_secs > 0.0) || self.jobs.max_attempts < 1 {
+        if !self.jobs.lease_secs.is_finite()
+            || self.jobs.lease_secs <= 0.0
+            || self.jobs.max_attempts < 1
+        {
             return Err(ConfigError::Invalid {
                 key: "jobs.lease_secs",
                 reason: "lease_secs must be positive and max_attempts at least 1".into(),
