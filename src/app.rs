@@ -7,22 +7,41 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::wechat::WechatChannel;
 use crate::config::Settings;
+use crate::engine::EngineHandle;
 use crate::http::{AppState, metrics_handle, router};
+use crate::queue::Worker;
 use crate::store::{self, Store};
 
-/// A node ready to serve: database connected and migrated, port bound.
+/// The roles a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Webhooks: receive, admit, acknowledge.
+    Web,
+    /// Paint queued jobs.
+    Worker,
+    /// Deliver finished pictures (not built yet).
+    Deliver,
+}
+
+/// How often an idle worker looks for jobs other nodes queued (in-process submissions wake it at once).
+const WORKER_POLL: Duration = Duration::from_secs(1);
+
+/// A node ready to serve: database connected and migrated, engine loaded for workers, port bound.
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    worker: Option<Worker>,
 }
 
 impl App {
-    /// Connects and migrates the database, builds the channels and binds the listen address.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// Connects and migrates the database, loads the engine when the node paints, builds the channels and binds
+    /// the listen address.
+    pub async fn build(settings: Settings, roles: &[Role]) -> anyhow::Result<Self> {
         let store = store::connect(&settings.database).await.with_context(|| {
             format!(
                 "connecting to {}",
@@ -39,13 +58,40 @@ impl App {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
+        let worker = if roles.contains(&Role::Worker) {
+            let config = settings.engine.clone();
+            let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(config))
+                .await
+                .context("engine loader")?
+                .context("loading the engine")?;
+            let id = format!(
+                "worker-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            );
+            Some(Worker::new(
+                store.clone(),
+                engine,
+                id,
+                settings.jobs.clone(),
+                settings.engine.max_batch,
+                settings.engine.aigc_provider.clone(),
+            ))
+        } else {
+            None
+        };
         let state = AppState {
             store,
             wechat: Arc::new(wechat),
             settings: Arc::new(settings),
             metrics: metrics_handle(),
+            wake_workers: Arc::new(Notify::new()),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            worker,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -75,12 +121,24 @@ impl App {
             database = self.state.store.backend(),
             "huabi serving"
         );
+        let worker = self.worker.map(|w| {
+            tracing::info!(worker = w.id(), "worker started");
+            tokio::spawn(w.run(self.state.wake_workers.clone(), stop.clone(), WORKER_POLL))
+        });
         let server = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let drained = async {
+            let served = server.await.context("HTTP server");
+            if let Some(worker) = worker {
+                // The batch in hand finishes; leases still held go back to the queue.
+                let _ = worker.await;
+            }
+            served
+        };
         tokio::select! {
-            result = server => result.context("HTTP server")?,
+            result = drained => result?,
             _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "grace period over; closing remaining connections");
+                tracing::warn!(?grace, "grace period over; stopping with work in hand (its leases expire)");
             }
         }
         tracing::info!("huabi stopped");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::app::{App, shutdown_signal};
+use crate::app::{App, Role, shutdown_signal};
 use crate::bench::{self, AckBenchOptions};
 use crate::config::Settings;
 use crate::engine::SchedulerKind;
@@ -27,8 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node: migrate the database, then serve until SIGTERM or ctrl-c.
     Serve {
-        /// Comma-separated roles to run: web (webhooks). worker and deliver arrive with the job queue.
-        #[arg(long, value_delimiter = ',', default_value = "web")]
+        /// Comma-separated roles: web (webhooks), worker (paints queued jobs). deliver is not built yet.
+        #[arg(long, value_delimiter = ',', default_value = "web,worker")]
         roles: Vec<Role>,
     },
     /// Apply database migrations and exit.
@@ -44,17 +44,6 @@ pub enum Command {
 pub fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
         .map_err(|e: crate::engine::scheduler::SchedulerError| e.to_string())
-}
-
-/// The roles a node can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// Webhooks: receive, admit, acknowledge.
-    Web,
-    /// Paint queued jobs (not yet available).
-    Worker,
-    /// Deliver finished pictures (not yet available).
-    Deliver,
 }
 
 /// `huabi bench …`.
@@ -187,12 +176,11 @@ fn load_settings() -> anyhow::Result<Settings> {
 }
 
 async fn serve(roles: &[Role]) -> anyhow::Result<()> {
-    let unavailable: Vec<_> = roles.iter().filter(|r| **r != Role::Web).collect();
-    if !unavailable.is_empty() {
-        anyhow::bail!("roles {unavailable:?} are not available in this version; use --roles web");
+    if roles.contains(&Role::Deliver) {
+        anyhow::bail!("the deliver role is not built yet; use --roles web,worker");
     }
     let settings = load_settings()?;
     tracing::debug!(?settings, "configuration");
-    let app = App::build(settings).await?;
+    let app = App::build(settings, roles).await?;
     app.run_until(shutdown_signal()).await
 }

@@ -19,6 +19,8 @@ pub mod engine;
 pub mod generate;
 /// The HTTP surface.
 pub mod http;
+/// The worker: leases batches of jobs and paints them.
+pub mod queue;
 /// Durable state on PostgreSQL or SQLite.
 pub mod store;
 /// Logging.

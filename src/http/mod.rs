@@ -34,6 +34,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Wakes this process's idle worker when a job is admitted.
+    pub wake_workers: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the router with all routes and layers.

@@ -45,6 +45,9 @@ pub async fn receive_wechat(
             metrics::counter!("huabi_webhook_admitted_total", "job" => if job_id.is_some() { "yes" } else { "no" })
                 .increment(1);
             tracing::debug!(dedup_key = %inbound.dedup_key, kind = inbound.kind.name(), ?job_id, "admitted");
+            if job_id.is_some() {
+                state.wake_workers.notify_one();
+            }
             submission.reply
         }
         Admission::Duplicate { reply } => {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use huabi::app::App;
+use huabi::app::{App, Role};
 use huabi::channel::wechat::crypto::AesKey;
 use huabi::channel::wechat::{signature, xml};
 use huabi::config::Settings;
@@ -136,8 +136,12 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_roles(backend, extra, &[Role::Web]).await
+}
+
+pub async fn spawn_app_roles(backend: Backend, extra: &[(&str, &str)], roles: &[Role]) -> TestApp {
     let db = TestDb::new(backend).await;
-    let app = App::build(settings(&db.url, extra))
+    let app = App::build(settings(&db.url, extra), roles)
         .await
         .expect("app builds");
     let addr = app.local_addr().expect("bound");

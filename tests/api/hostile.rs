@@ -42,6 +42,7 @@ fn new_fixture() -> Fixture {
             wechat: Arc::new(WechatChannel::new(&settings.wechat).expect("channel")),
             settings: Arc::new(settings),
             metrics: metrics_handle(),
+            wake_workers: Default::default(),
         };
         (router(state), store, db)
     });

@@ -8,3 +8,4 @@ mod queue_contract;
 mod store_contract;
 mod two_nodes;
 mod webhook;
+mod worker;

@@ -1,0 +1,246 @@
+//! The worker: lease a batch of compatible jobs, keep the leases alive while the engine paints, store each
+//! labelled JPEG, and give failed jobs back. Woken at once in-process, with a poll tick as the safety net.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::JobSettings;
+use crate::engine::label::AigcRecord;
+use crate::engine::{Batch, BatchKey, EngineHandle, Item, SchedulerKind};
+use crate::store::{JobFate, LeasedJob, Store, StoreError};
+
+/// What one [`Worker::run_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was waiting.
+    Empty,
+    /// A batch ran: how many jobs finished and how many were given back.
+    Painted {
+        /// Jobs stored as done.
+        done: usize,
+        /// Jobs requeued or failed.
+        failed: usize,
+    },
+}
+
+/// One worker: a store, an engine and a name its leases carry.
+pub struct Worker {
+    store: Arc<dyn Store>,
+    engine: EngineHandle,
+    id: String,
+    jobs: JobSettings,
+    max_batch: i64,
+    provider: String,
+}
+
+fn batch_of(jobs: &[LeasedJob]) -> Result<Batch, String> {
+    let first = jobs.first().ok_or("empty batch")?;
+    let scheduler: SchedulerKind = first.scheduler.parse().map_err(|e| format!("{e}"))?;
+    let size = |v: i32| u32::try_from(v).map_err(|_| format!("invalid size {v}"));
+    Ok(Batch {
+        key: BatchKey {
+            width: size(first.width)?,
+            height: size(first.height)?,
+            steps: usize::try_from(first.steps)
+                .map_err(|_| format!("invalid steps {}", first.steps))?,
+            scheduler,
+        },
+        items: jobs
+            .iter()
+            .map(|j| Item {
+                prompt: j.prompt.clone(),
+                negative_prompt: j.negative_prompt.clone(),
+                seed: j.seed as u64,
+                guidance: j.guidance,
+                init_latents: None,
+            })
+            .collect(),
+    })
+}
+
+impl Worker {
+    /// A worker named `id` painting up to `max_batch` jobs at once.
+    pub fn new(
+        store: Arc<dyn Store>,
+        engine: EngineHandle,
+        id: String,
+        jobs: JobSettings,
+        max_batch: usize,
+        provider: String,
+    ) -> Self {
+        Self {
+            store,
+            engine,
+            id,
+            jobs,
+            max_batch: max_batch.max(1) as i64,
+            provider,
+        }
+    }
+
+    /// The name on this worker's leases.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Leases one batch and paints it.
+    pub async fn run_once(&self) -> Result<Outcome, StoreError> {
+        let exhausted = self.store.fail_exhausted(self.jobs.max_attempts).await?;
+        if !exhausted.is_empty() {
+            tracing::warn!(jobs = ?exhausted, "jobs failed after their last lease expired");
+        }
+        let jobs = self
+            .store
+            .lease_jobs(
+                &self.id,
+                self.max_batch,
+                self.jobs.lease_secs,
+                self.jobs.max_attempts,
+            )
+            .await?;
+        if jobs.is_empty() {
+            return Ok(Outcome::Empty);
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        tracing::info!(worker = %self.id, ?ids, "painting a batch");
+        let heartbeat = self.keep_leases_alive();
+        let painted = match batch_of(&jobs) {
+            Ok(batch) => {
+                let records = jobs
+                    .iter()
+                    .map(|j| AigcRecord::new(&self.provider, &j.id.to_string()))
+                    .collect();
+                self.engine
+                    .paint(batch, records)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        heartbeat.cancel();
+        let (mut done, mut failed) = (0, 0);
+        match painted {
+            Ok((files, timings)) => {
+                metrics::histogram!("huabi_batch_size").record(jobs.len() as f64);
+                metrics::histogram!("huabi_paint_seconds").record(timings.total.as_secs_f64());
+                for (job, file) in jobs.iter().zip(files) {
+                    if self
+                        .store
+                        .complete_job(job.id, &self.id, &file.jpeg)
+                        .await?
+                    {
+                        done += 1;
+                    } else {
+                        tracing::warn!(
+                            job = job.id,
+                            "lease lost while painting; another worker owns the job"
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(worker = %self.id, ?ids, %error, "batch failed");
+                for job in &jobs {
+                    match self
+                        .store
+                        .fail_job(job.id, &self.id, &error, self.jobs.max_attempts)
+                        .await?
+                    {
+                        JobFate::Requeued | JobFate::Failed => failed += 1,
+                        JobFate::LeaseLost => {}
+                    }
+                }
+            }
+        }
+        Ok(Outcome::Painted { done, failed })
+    }
+
+    /// Extends this worker's leases every third of the lease until the returned token is cancelled.
+    fn keep_leases_alive(&self) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (store, id, lease) = (self.store.clone(), self.id.clone(), self.jobs.lease_secs);
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let period = Duration::from_secs_f64((lease / 3.0).max(0.05));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {
+                        if let Err(e) = store.heartbeat(&id, lease).await {
+                            tracing::warn!(error = %e, "lease heartbeat failed");
+                        }
+                    }
+                }
+            }
+        });
+        stop
+    }
+
+    /// Paints until `stop`; sleeps between batches until `wake` or the poll tick. On stop, the batch in hand
+    /// finishes and whatever is still leased goes back to the queue.
+    pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken, poll: Duration) {
+        while !stop.is_cancelled() {
+            match self.run_once().await {
+                Ok(Outcome::Painted { .. }) => continue,
+                Ok(Outcome::Empty) => {}
+                Err(e) => tracing::error!(error = %e, "worker could not reach the store"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        match self.store.release_leases(&self.id).await {
+            Ok(n) if n > 0 => tracing::info!(released = n, "leases given back on shutdown"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release leases; they expire on their own")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leased(id: i64, scheduler: &str, width: i32) -> LeasedJob {
+        LeasedJob {
+            id,
+            prompt: format!("p{id}"),
+            negative_prompt: String::new(),
+            width,
+            height: 64,
+            steps: 2,
+            scheduler: scheduler.into(),
+            guidance: 7.5,
+            seed: id * 10,
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn batches_follow_the_leased_jobs() {
+        let batch = batch_of(&[leased(1, "ddim", 64), leased(2, "ddim", 64)]).expect("batch");
+        assert_eq!(
+            batch.key,
+            BatchKey {
+                width: 64,
+                height: 64,
+                steps: 2,
+                scheduler: SchedulerKind::Ddim
+            }
+        );
+        assert_eq!(
+            batch.items.iter().map(|i| i.seed).collect::<Vec<_>>(),
+            vec![10, 20]
+        );
+        assert!(batch_of(&[leased(1, "pndm", 64)]).is_err());
+        assert!(batch_of(&[leased(1, "euler", -64)]).is_err());
+        assert!(batch_of(&[]).is_err());
+    }
+}
