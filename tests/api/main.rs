@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link) for all of them.
 
 mod engine;
+mod failover;
 mod helpers;
 mod hostile;
 mod interop;

@@ -1,0 +1,149 @@
+//! Failover on PostgreSQL with two `huabi serve` processes: kill -9 the one painting a job; the other takes the job
+//! over once the lease expires and finishes it; the picture is stored once.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start(db_url: &str, port: u16, roles: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_huabi"))
+        .args(["serve", "--roles", roles])
+        .env("HUABI__DATABASE__URL", db_url)
+        .env("HUABI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUABI__WECHAT__TOKEN", TOKEN)
+        .env(
+            "HUABI__ENGINE__MODEL_DIR",
+            format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR")),
+        )
+        .env("HUABI__ENGINE__THREADS", "1")
+        .env("HUABI__JOBS__WIDTH", "256")
+        .env("HUABI__JOBS__HEIGHT", "256")
+        .env("HUABI__JOBS__STEPS", "40")
+        .env("HUABI__JOBS__LEASE_SECS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start huabi serve")
+}
+
+async fn ready(port: u16) {
+    let client = reqwest::Client::new();
+    for _ in 0..400 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("node on {port} never became ready");
+}
+
+#[tokio::test]
+async fn killing_the_painting_worker_hands_the_job_to_the_other() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = start(&db.url, port_a, "web,worker");
+    ready(port_a).await;
+    let mut b = start(&db.url, port_b, "worker");
+    ready(port_b).await;
+
+    let body = text_xml("o_failover", 424242, "月亮");
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
+        .query(&plain_query(now(), "n"))
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let started = Instant::now();
+    let (job_id, holder): (i64, String) = loop {
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, leased_by FROM jobs WHERE status = 'running'")
+                .fetch_optional(&mut conn)
+                .await
+                .expect("query");
+        if let Some((id, Some(holder))) = row {
+            break (id, holder);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no worker leased the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (victim, survivor) = if holder.contains(&format!("-{}-", a.id().expect("pid"))) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    victim.start_kill().expect("kill -9");
+    victim.wait().await.expect("reaped");
+    let killed_at = Instant::now();
+
+    let (new_holder, attempts) = loop {
+        let (status, leased_by, attempts): (String, Option<String>, i32) =
+            sqlx::query_as("SELECT status, leased_by, attempts FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_one(&mut conn)
+                .await
+                .expect("query");
+        if status == "running" && leased_by.as_deref() != Some(holder.as_str()) {
+            break (leased_by.expect("holder"), attempts);
+        }
+        assert_ne!(status, "done", "the killed worker cannot have finished");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no takeover within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let takeover = killed_at.elapsed();
+    eprintln!("takeover {takeover:?} after kill -9 (lease 2 s); new holder {new_holder}");
+    assert_eq!(attempts, 2);
+    loop {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+        if status == "done" {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "job never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (images,): (i64,) = sqlx::query_as("SELECT count(*) FROM job_images WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+    assert_eq!(images, 1);
+    assert!(
+        survivor.try_wait().expect("status").is_none(),
+        "the survivor keeps running"
+    );
+}
