@@ -9,14 +9,6 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn start(db_url: &str, port: u16, roles: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_huabi"))
         .args(["serve", "--roles", roles])
@@ -39,31 +31,14 @@ fn start(db_url: &str, port: u16, roles: &str) -> Child {
         .expect("start huabi serve")
 }
 
-async fn ready(port: u16) {
-    let client = reqwest::Client::new();
-    for _ in 0..400 {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node on {port} never became ready");
-}
-
 #[tokio::test]
 async fn killing_the_painting_worker_hands_the_job_to_the_other() {
     let db = TestDb::new(Backend::Postgres).await;
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = start(&db.url, port_a, "web,worker");
-    ready(port_a).await;
+    wait_ready(port_a, &mut a).await;
     let mut b = start(&db.url, port_b, "worker");
-    ready(port_b).await;
+    wait_ready(port_b, &mut b).await;
 
     let body = text_xml("o_failover", 424242, "月亮");
     let resp = reqwest::Client::new()

@@ -256,3 +256,30 @@ impl TestApp {
         self.store.counts().await.expect("counts")
     }
 }
+
+/// A free loopback port for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until the node on `port` answers `/readyz`; panics if `node` exits first or it never does.
+pub async fn wait_ready(port: u16, node: &mut tokio::process::Child) {
+    let client = reqwest::Client::new();
+    for _ in 0..400 {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        if let Ok(resp) = client.get(url).send().await
+            && resp.status().is_success()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = node.try_wait() {
+            panic!("node on port {port} exited early: {status}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("node on port {port} never became ready");
+}

@@ -8,14 +8,6 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 async fn start_node(db_url: &str, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_huabi"))
         .args(["serve", "--roles", "web"])
@@ -31,24 +23,6 @@ async fn start_node(db_url: &str, port: u16) -> Child {
         .expect("start huabi serve")
 }
 
-async fn wait_ready(client: &reqwest::Client, port: u16, node: &mut Child) {
-    for _ in 0..200 {
-        if let Ok(resp) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && resp.status().is_success()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = node.try_wait() {
-            panic!("node on port {port} exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node on port {port} never became ready");
-}
-
 #[tokio::test]
 async fn concurrent_retries_across_two_processes_admit_each_message_once() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -57,8 +31,8 @@ async fn concurrent_retries_across_two_processes_admit_each_message_once() {
     let mut a = start_node(&db.url, port_a).await;
     let mut b = start_node(&db.url, port_b).await;
     let client = reqwest::Client::new();
-    wait_ready(&client, port_a, &mut a).await;
-    wait_ready(&client, port_b, &mut b).await;
+    wait_ready(port_a, &mut a).await;
+    wait_ready(port_b, &mut b).await;
 
     const MESSAGES: u64 = 40;
     let mut tasks = Vec::new();
