@@ -28,9 +28,6 @@ pub enum Role {
     Deliver,
 }
 
-/// How often an idle worker looks for jobs other nodes queued (in-process submissions wake it at once).
-const WORKER_POLL: Duration = Duration::from_secs(1);
-
 /// A node ready to serve: database connected and migrated, engine loaded for workers, port bound.
 pub struct App {
     listener: TcpListener,
@@ -121,9 +118,17 @@ impl App {
             database = self.state.store.backend(),
             "huabi serving"
         );
+        if self.worker.is_some() {
+            self.state
+                .store
+                .subscribe_jobs(self.state.wake_workers.clone())
+                .await
+                .context("listening for new jobs")?;
+        }
+        let poll = Duration::from_secs_f64(self.state.settings.jobs.poll_secs);
         let worker = self.worker.map(|w| {
             tracing::info!(worker = w.id(), "worker started");
-            tokio::spawn(w.run(self.state.wake_workers.clone(), stop.clone(), WORKER_POLL))
+            tokio::spawn(w.run(self.state.wake_workers.clone(), stop.clone(), poll))
         });
         let server = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(stop.clone().cancelled_owned());

@@ -139,6 +139,8 @@ pub struct JobSettings {
     pub lease_secs: f64,
     /// Leases before a job fails.
     pub max_attempts: i32,
+    /// Idle worker's poll tick, in seconds.
+    pub poll_secs: f64,
 }
 
 /// `[replies]`: every text a follower can receive.
@@ -253,10 +255,13 @@ impl Settings {
         if !self.jobs.lease_secs.is_finite()
             || self.jobs.lease_secs <= 0.0
             || self.jobs.max_attempts < 1
+            || !self.jobs.poll_secs.is_finite()
+            || self.jobs.poll_secs <= 0.0
         {
             return Err(ConfigError::Invalid {
                 key: "jobs.lease_secs",
-                reason: "lease_secs must be positive and max_attempts at least 1".into(),
+                reason: "lease_secs and poll_secs must be positive and max_attempts at least 1"
+                    .into(),
             });
         }
         if self.database.max_connections == 0 {

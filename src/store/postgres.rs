@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 use super::{
     Admission, Counts, JobFate, JobRow, LeasedJob, Store, StoreError, Submission, decode_reply,
@@ -11,7 +13,8 @@ use super::{
 use crate::config::DatabaseSettings;
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
-/// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.
+/// same key waits for the other transaction and then does nothing, so exactly one caller creates the job. A new job
+/// is announced on the `huabi_jobs` channel at commit, which wakes idle workers on every node.
 const SUBMIT: &str = "
 WITH inbound AS (
     INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply)
@@ -23,8 +26,10 @@ WITH inbound AS (
                       negative_prompt, width, height, steps, scheduler, guidance)
     SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15 FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
+), wake AS (
+    SELECT pg_notify('huabi_jobs', id::text) FROM job
 )
-SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
+SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id, (SELECT count(*) FROM wake) AS woken";
 
 /// Leases the oldest eligible job's batch: same painting parameters, oldest first, skipping rows other workers
 /// are locking right now.
@@ -46,6 +51,9 @@ UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_
     seed = coalesce(seed, floor(random() * 4503599627370496)::bigint)
 FROM picked WHERE jobs.id = picked.id
 RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts";
+
+/// The LISTEN/NOTIFY channel that announces new jobs.
+const JOBS_CHANNEL: &str = "huabi_jobs";
 
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -86,7 +94,7 @@ impl Store for PgStore {
     async fn submit(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
         let m = s.inbound;
         let job = s.job.as_ref();
-        let (inbound_id, job_id): (Option<i64>, Option<i64>) = sqlx::query_as(SUBMIT)
+        let (inbound_id, job_id, _woken): (Option<i64>, Option<i64>, i64) = sqlx::query_as(SUBMIT)
             .bind(m.channel)
             .bind(&m.account)
             .bind(&m.dedup_key)
@@ -254,5 +262,24 @@ impl Store for PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(j,)| j))
+    }
+
+    async fn subscribe_jobs(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(JOBS_CHANNEL).await?;
+        tokio::spawn(async move {
+            loop {
+                // recv reconnects after a lost connection (and wakes us, since notifications may have been missed).
+                match listener.recv().await {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job notifications interrupted; the poll tick covers the gap");
+                        wake.notify_one();
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 }

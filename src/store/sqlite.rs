@@ -4,9 +4,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Notify;
 
 use super::{
     Admission, Counts, JobFate, JobRow, LeasedJob, Store, StoreError, Submission, decode_reply,
@@ -285,5 +288,10 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await?;
         Ok(row.map(|(j,)| j))
+    }
+
+    async fn subscribe_jobs(&self, _wake: Arc<Notify>) -> Result<(), StoreError> {
+        // One node: submissions in this process wake the worker directly.
+        Ok(())
     }
 }

@@ -122,3 +122,60 @@ async fn killing_the_painting_worker_hands_the_job_to_the_other() {
         "the survivor keeps running"
     );
 }
+
+#[tokio::test]
+async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = start(&db.url, port_a, "web");
+    wait_ready(port_a, &mut a).await;
+    // The worker's poll tick is 60 s: only the notification can wake it in time.
+    let mut b = Command::new(env!("CARGO_BIN_EXE_huabi"))
+        .args(["serve", "--roles", "worker"])
+        .env("HUABI__DATABASE__URL", &db.url)
+        .env("HUABI__SERVER__LISTEN", format!("127.0.0.1:{port_b}"))
+        .env(
+            "HUABI__ENGINE__MODEL_DIR",
+            format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR")),
+        )
+        .env("HUABI__JOBS__POLL_SECS", "60")
+        .env("HUABI__JOBS__WIDTH", "64")
+        .env("HUABI__JOBS__HEIGHT", "64")
+        .env("HUABI__JOBS__STEPS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start worker");
+    wait_ready(port_b, &mut b).await;
+    // Let the worker finish its first (empty) look and go to sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posted = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
+        .query(&plain_query(now(), "n"))
+        .body(text_xml("o_wake", 77, "桂花"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    loop {
+        let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs")
+            .fetch_optional(&mut conn)
+            .await
+            .expect("query");
+        if matches!(row.as_ref().map(|(s,)| s.as_str()), Some("done")) {
+            break;
+        }
+        assert!(
+            posted.elapsed() < Duration::from_secs(20),
+            "the worker was not woken: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "admitted on the web node, painted on the worker node {:?} later",
+        posted.elapsed()
+    );
+}
