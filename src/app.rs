@@ -83,6 +83,7 @@ impl App {
             settings: Arc::new(settings),
             metrics: metrics_handle(),
             wake_workers: Arc::new(Notify::new()),
+            announce_jobs: Arc::new(Notify::new()),
         };
         Ok(Self {
             listener,
@@ -125,6 +126,11 @@ impl App {
                 .await
                 .context("listening for new jobs")?;
         }
+        tokio::spawn(announce_task(
+            self.state.store.clone(),
+            self.state.announce_jobs.clone(),
+            stop.clone(),
+        ));
         let poll = Duration::from_secs_f64(self.state.settings.jobs.poll_secs);
         let worker = self.worker.map(|w| {
             tracing::info!(worker = w.id(), "worker started");
@@ -148,6 +154,23 @@ impl App {
         }
         tracing::info!("huabi stopped");
         Ok(())
+    }
+}
+
+/// Bursts of admissions are announced to other nodes at most this often.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+
+/// Announces admitted jobs to every node's workers, at most once per [`ANNOUNCE_EVERY`].
+async fn announce_task(store: Arc<dyn Store>, admitted: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = admitted.notified() => {}
+        }
+        if let Err(e) = store.announce_jobs().await {
+            tracing::warn!(error = %e, "could not announce new jobs; workers will find them on their poll tick");
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
     }
 }
 

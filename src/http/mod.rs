@@ -36,6 +36,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Wakes this process's idle worker when a job is admitted.
     pub wake_workers: Arc<tokio::sync::Notify>,
+    /// Wakes the announcer that tells other nodes' workers (coalesced).
+    pub announce_jobs: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the router with all routes and layers.

@@ -47,6 +47,7 @@ pub async fn receive_wechat(
             tracing::debug!(dedup_key = %inbound.dedup_key, kind = inbound.kind.name(), ?job_id, "admitted");
             if job_id.is_some() {
                 state.wake_workers.notify_one();
+                state.announce_jobs.notify_one();
             }
             submission.reply
         }

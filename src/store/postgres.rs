@@ -13,8 +13,7 @@ use super::{
 use crate::config::DatabaseSettings;
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
-/// same key waits for the other transaction and then does nothing, so exactly one caller creates the job. A new job
-/// is announced on the `huabi_jobs` channel at commit, which wakes idle workers on every node.
+/// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.
 const SUBMIT: &str = "
 WITH inbound AS (
     INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply)
@@ -26,10 +25,8 @@ WITH inbound AS (
                       negative_prompt, width, height, steps, scheduler, guidance)
     SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15 FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
-), wake AS (
-    SELECT pg_notify('huabi_jobs', id::text) FROM job
 )
-SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id, (SELECT count(*) FROM wake) AS woken";
+SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
 
 /// Leases the oldest eligible job's batch: same painting parameters, oldest first, skipping rows other workers
 /// are locking right now.
@@ -94,7 +91,7 @@ impl Store for PgStore {
     async fn submit(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
         let m = s.inbound;
         let job = s.job.as_ref();
-        let (inbound_id, job_id, _woken): (Option<i64>, Option<i64>, i64) = sqlx::query_as(SUBMIT)
+        let (inbound_id, job_id): (Option<i64>, Option<i64>) = sqlx::query_as(SUBMIT)
             .bind(m.channel)
             .bind(&m.account)
             .bind(&m.dedup_key)
@@ -280,6 +277,14 @@ impl Store for PgStore {
                 }
             }
         });
+        Ok(())
+    }
+
+    async fn announce_jobs(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -294,4 +294,8 @@ impl Store for SqliteStore {
         // One node: submissions in this process wake the worker directly.
         Ok(())
     }
+
+    async fn announce_jobs(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

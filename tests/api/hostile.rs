@@ -43,6 +43,7 @@ fn new_fixture() -> Fixture {
             settings: Arc::new(settings),
             metrics: metrics_handle(),
             wake_workers: Default::default(),
+            announce_jobs: Default::default(),
         };
         (router(state), store, db)
     });
