@@ -1,5 +1,17 @@
 //! Integration tests: one binary (one link) for all of them.
 
+/// Runs each named `async fn(Backend)` as two tests, `postgres::name` and `sqlite::name`.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Postgres).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Sqlite).await })*
+        }
+    };
+}
+
 mod engine;
 mod failover;
 mod helpers;

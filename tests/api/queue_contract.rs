@@ -231,18 +231,7 @@ async fn released_leases_do_not_count_as_attempts(backend: Backend) {
     assert_eq!(again[0].attempts, 1);
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Sqlite).await })*
-        }
-    };
-}
-
-contract!(
+on_both_databases!(
     lease_groups_by_parameters_oldest_first,
     concurrent_workers_never_share_a_job,
     expired_leases_are_taken_over_and_only_the_holder_completes,

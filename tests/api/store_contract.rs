@@ -259,18 +259,7 @@ async fn migrations_are_idempotent_and_ping_works(backend: Backend) {
     );
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Sqlite).await })*
-        }
-    };
-}
-
-contract!(
+on_both_databases!(
     first_submission_creates_a_queued_job,
     retry_gets_the_same_reply_and_no_second_job,
     messages_without_jobs_are_deduplicated_too,

@@ -276,18 +276,7 @@ async fn refusals_store_nothing(backend: Backend) {
     assert_eq!(app.counts().await, before, "no refusal stored anything");
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Backend::Sqlite).await })*
-        }
-    };
-}
-
-both!(
+on_both_databases!(
     v1_url_verification_over_http,
     v1_plaintext_post_signature_over_http,
     v2_safe_mode_message_is_admitted_once_with_an_encrypted_reply,
