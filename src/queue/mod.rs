@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::JobSettings;
 use crate::engine::label::AigcRecord;
-use crate::engine::{Batch, BatchKey, EngineHandle, Item, SchedulerKind};
+use crate::engine::{Batch, BatchKey, EngineError, EngineHandle, Item, SchedulerKind};
 use crate::store::{JobFate, LeasedJob, Store, StoreError};
 
 /// What one [`Worker::run_once`] did.
@@ -107,50 +107,64 @@ impl Worker {
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         tracing::info!(worker = %self.id, ?ids, "painting a batch");
         let heartbeat = self.keep_leases_alive();
-        let painted = match batch_of(&jobs) {
-            Ok(batch) => {
-                let records = jobs
-                    .iter()
-                    .map(|j| AigcRecord::new(&self.provider, &j.id.to_string()))
-                    .collect();
-                self.engine
-                    .paint(batch, records)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e),
-        };
+        let outcome = self.paint_and_store(&jobs).await;
         heartbeat.cancel();
+        outcome
+    }
+
+    /// Paints the jobs as one batch and stores the pictures. A batch the engine refuses as invalid is retried job by
+    /// job, so one bad request (say, an over-long prompt) fails alone instead of sinking its neighbours; a job that is
+    /// invalid on its own fails at once, since no retry can fix it.
+    async fn paint_and_store(&self, jobs: &[LeasedJob]) -> Result<Outcome, StoreError> {
         let (mut done, mut failed) = (0, 0);
-        match painted {
-            Ok((files, timings)) => {
-                metrics::histogram!("huabi_batch_size").record(jobs.len() as f64);
-                metrics::histogram!("huabi_paint_seconds").record(timings.total.as_secs_f64());
-                for (job, file) in jobs.iter().zip(files) {
-                    if self
-                        .store
-                        .complete_job(job.id, &self.id, &file.jpeg)
-                        .await?
-                    {
-                        done += 1;
-                    } else {
-                        tracing::warn!(
-                            job = job.id,
-                            "lease lost while painting; another worker owns the job"
-                        );
+        let mut groups: Vec<&[LeasedJob]> = vec![jobs];
+        while let Some(group) = groups.pop() {
+            let painted = match batch_of(group) {
+                Ok(batch) => {
+                    let records = group
+                        .iter()
+                        .map(|j| AigcRecord::new(&self.provider, &j.id.to_string()))
+                        .collect();
+                    self.engine.paint(batch, records).await
+                }
+                Err(e) => Err(EngineError::Invalid(e)),
+            };
+            match painted {
+                Ok((files, timings)) => {
+                    metrics::histogram!("huabi_batch_size").record(group.len() as f64);
+                    metrics::histogram!("huabi_paint_seconds").record(timings.total.as_secs_f64());
+                    for (job, file) in group.iter().zip(files) {
+                        if self
+                            .store
+                            .complete_job(job.id, &self.id, &file.jpeg)
+                            .await?
+                        {
+                            done += 1;
+                        } else {
+                            tracing::warn!(
+                                job = job.id,
+                                "lease lost while painting; another worker owns the job"
+                            );
+                        }
                     }
                 }
-            }
-            Err(error) => {
-                tracing::error!(worker = %self.id, ?ids, %error, "batch failed");
-                for job in &jobs {
-                    match self
-                        .store
-                        .fail_job(job.id, &self.id, &error, self.jobs.max_attempts)
-                        .await?
-                    {
-                        JobFate::Requeued | JobFate::Failed => failed += 1,
-                        JobFate::LeaseLost => {}
+                Err(EngineError::Invalid(_)) if group.len() > 1 => {
+                    groups.extend(group.chunks(1));
+                }
+                Err(error) => {
+                    let permanent = matches!(error, EngineError::Invalid(_));
+                    let ids: Vec<i64> = group.iter().map(|j| j.id).collect();
+                    tracing::error!(worker = %self.id, ?ids, %error, permanent, "painting failed");
+                    let attempts = if permanent { 0 } else { self.jobs.max_attempts };
+                    for job in group {
+                        match self
+                            .store
+                            .fail_job(job.id, &self.id, &error.to_string(), attempts)
+                            .await?
+                        {
+                            JobFate::Requeued | JobFate::Failed => failed += 1,
+                            JobFate::LeaseLost => {}
+                        }
                     }
                 }
             }

@@ -66,3 +66,75 @@ async fn sqlite_messages_become_labelled_pictures() {
 async fn postgres_messages_become_labelled_pictures() {
     messages_become_labelled_pictures(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn an_invalid_job_fails_alone_and_its_batch_neighbours_are_painted() {
+    use huabi::channel::{Inbound, InboundKind, Reply};
+    use huabi::engine::EngineHandle;
+    use huabi::queue::{Outcome, Worker};
+    use huabi::store::{self, Admission, NewJob, Submission};
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let model = format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR"));
+    let env = small_jobs(&model);
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = settings(&db.url, &extra);
+    let store = store::connect(&s.database).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let mut ids = Vec::new();
+    for (n, prompt) in [
+        (1, "月亮".to_string()),
+        (2, "月".repeat(5000)),
+        (3, "灯笼".to_string()),
+    ] {
+        let inbound = Inbound {
+            channel: "wechat",
+            account: "gh".into(),
+            user_id: format!("u{n}"),
+            message_id: Some(n.to_string()),
+            dedup_key: format!("m:{n}"),
+            sent_at: 1,
+            kind: InboundKind::Text {
+                content: prompt.clone(),
+            },
+        };
+        let submission = Submission {
+            inbound: &inbound,
+            job: Some(NewJob::new(prompt, &s.jobs)),
+            reply: Reply::None,
+        };
+        let Admission::Accepted { job_id: Some(id) } =
+            store.submit(&submission).await.expect("submit")
+        else {
+            panic!("no job")
+        };
+        ids.push(id);
+    }
+    let engine = EngineHandle::spawn(s.engine.clone()).expect("engine");
+    let worker = Worker::new(
+        store.clone(),
+        engine,
+        "w-test".into(),
+        s.jobs.clone(),
+        4,
+        "huabi-test".into(),
+    );
+    assert_eq!(
+        worker.run_once().await.expect("run"),
+        Outcome::Painted { done: 2, failed: 1 }
+    );
+    assert_eq!(
+        store.job_status(ids[0]).await.expect("status").as_deref(),
+        Some("done")
+    );
+    assert_eq!(
+        store.job_status(ids[1]).await.expect("status").as_deref(),
+        Some("failed"),
+        "invalid input fails at once"
+    );
+    assert_eq!(
+        store.job_status(ids[2]).await.expect("status").as_deref(),
+        Some("done")
+    );
+    assert_eq!(worker.run_once().await.expect("run"), Outcome::Empty);
+}
