@@ -1,34 +1,26 @@
 //! Failover on PostgreSQL with two `huabi serve` processes: kill -9 the one painting a job; the other takes the job
 //! over once the lease expires and finishes it; the picture is stored once.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-fn start(db_url: &str, port: u16, roles: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_huabi"))
-        .args(["serve", "--roles", roles])
-        .env("HUABI__DATABASE__URL", db_url)
-        .env("HUABI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("HUABI__WECHAT__TOKEN", TOKEN)
-        .env(
-            "HUABI__ENGINE__MODEL_DIR",
-            format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR")),
-        )
-        .env("HUABI__ENGINE__THREADS", "1")
-        .env("HUABI__JOBS__WIDTH", "256")
-        .env("HUABI__JOBS__HEIGHT", "256")
-        .env("HUABI__JOBS__STEPS", "40")
-        .env("HUABI__JOBS__LEASE_SECS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start huabi serve")
+/// A node whose jobs take long enough (256², 40 steps, one thread) to be killed mid-batch; lease 2 s.
+fn start(db_url: &str, port: u16, roles: &str) -> tokio::process::Child {
+    start_serve(
+        db_url,
+        port,
+        roles,
+        &[
+            ("HUABI__ENGINE__THREADS", "1"),
+            ("HUABI__JOBS__WIDTH", "256"),
+            ("HUABI__JOBS__HEIGHT", "256"),
+            ("HUABI__JOBS__STEPS", "40"),
+            ("HUABI__JOBS__LEASE_SECS", "2"),
+        ],
+    )
 }
 
 #[tokio::test]
@@ -130,23 +122,17 @@ async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
     let mut a = start(&db.url, port_a, "web");
     wait_ready(port_a, &mut a).await;
     // The worker's poll tick is 60 s: only the notification can wake it in time.
-    let mut b = Command::new(env!("CARGO_BIN_EXE_huabi"))
-        .args(["serve", "--roles", "worker"])
-        .env("HUABI__DATABASE__URL", &db.url)
-        .env("HUABI__SERVER__LISTEN", format!("127.0.0.1:{port_b}"))
-        .env(
-            "HUABI__ENGINE__MODEL_DIR",
-            format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR")),
-        )
-        .env("HUABI__JOBS__POLL_SECS", "60")
-        .env("HUABI__JOBS__WIDTH", "64")
-        .env("HUABI__JOBS__HEIGHT", "64")
-        .env("HUABI__JOBS__STEPS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start worker");
+    let mut b = start_serve(
+        &db.url,
+        port_b,
+        "worker",
+        &[
+            ("HUABI__JOBS__POLL_SECS", "60"),
+            ("HUABI__JOBS__WIDTH", "64"),
+            ("HUABI__JOBS__HEIGHT", "64"),
+            ("HUABI__JOBS__STEPS", "2"),
+        ],
+    );
     wait_ready(port_b, &mut b).await;
     // Let the worker finish its first (empty) look and go to sleep.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -283,3 +283,31 @@ pub async fn wait_ready(port: u16, node: &mut tokio::process::Child) {
     }
     panic!("node on port {port} never became ready");
 }
+
+/// Starts `huabi serve --roles <roles>` on `db_url` and `port` with the test account's WeChat settings, the bundled
+/// model, and `extra` environment overrides.
+pub fn start_serve(
+    db_url: &str,
+    port: u16,
+    roles: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_huabi"));
+    cmd.args(["serve", "--roles", roles])
+        .env("HUABI__DATABASE__URL", db_url)
+        .env("HUABI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUABI__WECHAT__TOKEN", TOKEN)
+        .env("HUABI__WECHAT__APP_ID", APP_ID)
+        .env("HUABI__WECHAT__AES_KEY", AES_KEY)
+        .env(
+            "HUABI__ENGINE__MODEL_DIR",
+            format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR")),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start huabi serve")
+}

@@ -1,35 +1,17 @@
 //! Two `huabi serve` processes sharing one PostgreSQL database: WeChat's retries of one message hitting both
 //! nodes at the same moment create exactly one job and get the same reply.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
-
 use crate::helpers::*;
-
-async fn start_node(db_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_huabi"))
-        .args(["serve", "--roles", "web"])
-        .env("HUABI__DATABASE__URL", db_url)
-        .env("HUABI__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("HUABI__WECHAT__TOKEN", TOKEN)
-        .env("HUABI__WECHAT__APP_ID", APP_ID)
-        .env("HUABI__WECHAT__AES_KEY", AES_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start huabi serve")
-}
 
 #[tokio::test]
 async fn concurrent_retries_across_two_processes_admit_each_message_once() {
     let db = TestDb::new(Backend::Postgres).await;
     let (port_a, port_b) = (free_port(), free_port());
     // Both start on an empty database at once: migrations must not race either.
-    let mut a = start_node(&db.url, port_a).await;
-    let mut b = start_node(&db.url, port_b).await;
+    let mut a = start_serve(&db.url, port_a, "web", &[]);
+    let mut b = start_serve(&db.url, port_b, "web", &[]);
     let client = reqwest::Client::new();
     wait_ready(port_a, &mut a).await;
     wait_ready(port_b, &mut b).await;
