@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::wechat::WechatChannel;
+use crate::channel::wechat::api::WechatApi;
 use crate::config::Settings;
+use crate::deliver::Deliverer;
+use crate::deliver::passive::PassiveReplies;
+use crate::deliver::token::TokenService;
 use crate::engine::EngineHandle;
 use crate::http::{AppState, metrics_handle, router};
 use crate::queue::Worker;
@@ -24,7 +28,7 @@ pub enum Role {
     Web,
     /// Paint queued jobs.
     Worker,
-    /// Deliver finished pictures (not built yet).
+    /// Deliver finished pictures through WeChat's API.
     Deliver,
 }
 
@@ -33,6 +37,17 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     worker: Option<Worker>,
+    deliverer: Option<Deliverer>,
+    finished: broadcast::Sender<i64>,
+}
+
+/// A name for this process's leases and claims in `role`, unique across nodes and restarts.
+fn node_id(role: &str) -> String {
+    format!(
+        "{role}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 impl App {
@@ -55,28 +70,62 @@ impl App {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
+        let (finished, _) = broadcast::channel(1024);
         let worker = if roles.contains(&Role::Worker) {
             let config = settings.engine.clone();
             let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(config))
                 .await
                 .context("engine loader")?
                 .context("loading the engine")?;
-            let id = format!(
-                "worker-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            );
             Some(Worker::new(
                 store.clone(),
                 engine,
-                id,
+                node_id("worker"),
                 settings.jobs.clone(),
                 settings.engine.max_batch,
                 settings.engine.aigc_provider.clone(),
+                finished.clone(),
             ))
         } else {
             None
         };
+        let api = Arc::new(WechatApi::new(
+            &settings.wechat.api_base,
+            &settings.wechat.app_id,
+            settings.wechat.app_secret.clone(),
+            Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+        ));
+        let tokens = Arc::new(TokenService::new(
+            store.clone(),
+            api.clone(),
+            node_id("token"),
+        ));
+        let deliverer = match roles.contains(&Role::Deliver) {
+            true if api.is_configured() => Some(Deliverer::new(
+                store.clone(),
+                tokens.clone(),
+                node_id("deliver"),
+                settings.delivery.clone(),
+                settings.replies.failed.clone(),
+            )),
+            true => {
+                tracing::warn!(
+                    "HUABI__WECHAT__APP_ID / APP_SECRET are not set: this node delivers nothing (pictures stay in the database)"
+                );
+                None
+            }
+            false => None,
+        };
+        let passive = (roles.contains(&Role::Web) && api.is_configured()).then(|| {
+            Arc::new(PassiveReplies::new(
+                store.clone(),
+                tokens.clone(),
+                node_id("web"),
+                settings.delivery.clone(),
+                settings.replies.clone(),
+                finished.clone(),
+            ))
+        });
         let state = AppState {
             store,
             wechat: Arc::new(wechat),
@@ -84,11 +133,14 @@ impl App {
             metrics: metrics_handle(),
             wake_workers: Arc::new(Notify::new()),
             announce_jobs: Arc::new(Notify::new()),
+            passive,
         };
         Ok(Self {
             listener,
             state,
             worker,
+            deliverer,
+            finished,
         })
     }
 
@@ -126,6 +178,13 @@ impl App {
                 .await
                 .context("listening for new jobs")?;
         }
+        if self.deliverer.is_some() || self.state.passive.is_some() {
+            self.state
+                .store
+                .subscribe_finished(self.finished.clone())
+                .await
+                .context("listening for finished jobs")?;
+        }
         tokio::spawn(announce_task(
             self.state.store.clone(),
             self.state.announce_jobs.clone(),
@@ -136,13 +195,18 @@ impl App {
             tracing::info!(worker = w.id(), "worker started");
             tokio::spawn(w.run(self.state.wake_workers.clone(), stop.clone(), poll))
         });
+        let deliverer = self.deliverer.map(|d| {
+            tracing::info!(deliverer = d.id(), "deliverer started");
+            let poll = Duration::from_secs_f64(self.state.settings.delivery.poll_secs);
+            tokio::spawn(d.run(self.finished.subscribe(), stop.clone(), poll))
+        });
         let server = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let drained = async {
             let served = server.await.context("HTTP server");
-            if let Some(worker) = worker {
-                // The batch in hand finishes; leases still held go back to the queue.
-                let _ = worker.await;
+            // The batch and deliveries in hand finish; leases still held go back.
+            for task in [worker, deliverer].into_iter().flatten() {
+                let _ = task.await;
             }
             served
         };

@@ -27,8 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node: migrate the database, then serve until SIGTERM or ctrl-c.
     Serve {
-        /// Comma-separated roles: web (webhooks), worker (paints queued jobs). deliver is not built yet.
-        #[arg(long, value_delimiter = ',', default_value = "web,worker")]
+        /// Comma-separated roles: web (webhooks), worker (paints queued jobs), deliver (sends finished pictures).
+        #[arg(long, value_delimiter = ',', default_value = "web,worker,deliver")]
         roles: Vec<Role>,
     },
     /// Apply database migrations and exit.
@@ -38,6 +38,41 @@ pub enum Command {
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a local stand-in for WeChat's API (point HUABI__WECHAT__API_BASE at it) to try huabi without an account.
+    Standin(StandinOptions),
+}
+
+/// `huabi standin`.
+#[derive(Debug, clap::Args)]
+pub struct StandinOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: std::net::SocketAddr,
+    /// The AppID it accepts.
+    #[arg(long, env = "HUABI__WECHAT__APP_ID")]
+    app_id: String,
+    /// The AppSecret it accepts.
+    #[arg(long, env = "HUABI__WECHAT__APP_SECRET", hide_env_values = true)]
+    app_secret: String,
+    /// Share of calls (0-1) that fail with one of --faults.
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
+    /// Faults to inject.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "busy,rate-limit,token,timeout"
+    )]
+    faults: Vec<crate::standin::Fault>,
+    /// Seconds a timeout fault stalls.
+    #[arg(long, default_value_t = 15.0)]
+    stall_secs: f64,
+    /// Behave like an unverified account (48001 on temporary uploads and customer-service sends).
+    #[arg(long)]
+    passive_only: bool,
+    /// Write every picture sent into this folder.
+    #[arg(long)]
+    save_dir: Option<std::path::PathBuf>,
 }
 
 /// Parses a scheduler name for clap.
@@ -166,7 +201,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Standin(options) => standin(options).await,
     }
+}
+
+async fn standin(o: StandinOptions) -> anyhow::Result<()> {
+    load_settings()?; // for the log settings
+    if let Some(dir) = &o.save_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let stand_in = crate::standin::StandIn::new(crate::standin::StandInOptions {
+        app_id: o.app_id,
+        secret: o.app_secret,
+        fault_rate: o.fault_rate,
+        faults: o.faults,
+        stall: Duration::from_secs_f64(o.stall_secs),
+        passive_only: o.passive_only,
+        save_dir: o.save_dir,
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind(o.listen)
+        .await
+        .with_context(|| format!("binding {}", o.listen))?;
+    tracing::info!(listen = %o.listen, "WeChat API stand-in serving; GET /_standin/record shows what it received");
+    tokio::select! {
+        served = stand_in.serve(listener) => served.context("stand-in server")?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
 }
 
 fn load_settings() -> anyhow::Result<Settings> {
@@ -176,9 +238,6 @@ fn load_settings() -> anyhow::Result<Settings> {
 }
 
 async fn serve(roles: &[Role]) -> anyhow::Result<()> {
-    if roles.contains(&Role::Deliver) {
-        anyhow::bail!("the deliver role is not built yet; use --roles web,worker");
-    }
     let settings = load_settings()?;
     tracing::debug!(?settings, "configuration");
     let app = App::build(settings, roles).await?;

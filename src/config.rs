@@ -43,6 +43,8 @@ pub struct Settings {
     pub engine: crate::engine::EngineConfig,
     /// How jobs are painted and leased.
     pub jobs: JobSettings,
+    /// How finished pictures reach followers.
+    pub delivery: DeliverySettings,
     /// Reply texts.
     pub replies: ReplySettings,
     /// Logging.
@@ -143,6 +145,33 @@ pub struct JobSettings {
     pub poll_secs: f64,
 }
 
+/// `[delivery]`: the fast path, the fetch flow and the deliverers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
+    /// Seconds a webhook request waits for its picture to answer with it directly; 0 turns the fast path off.
+    pub fast_path_secs: f64,
+    /// The account has no customer-service API (unverified): keep every picture for the fetch flow.
+    pub passive_only: bool,
+    /// Words that fetch a waiting picture, compared after trimming and lower-casing.
+    pub fetch_keywords: Vec<String>,
+    /// Any message from a follower with a picture waiting (held for the fetch flow) fetches it.
+    pub fetch_on_any_message: bool,
+    /// Deliveries a deliverer runs at once.
+    pub concurrency: usize,
+    /// Seconds a deliverer's lease on a finished job lasts.
+    pub lease_secs: f64,
+    /// Delivery attempts before a picture is kept for the fetch flow instead.
+    pub max_attempts: i32,
+    /// First backoff after a transient error, in seconds; doubles per attempt, with jitter.
+    pub backoff_base_secs: f64,
+    /// Longest backoff, in seconds.
+    pub backoff_max_secs: f64,
+    /// Seconds one call to WeChat's API may take.
+    pub api_timeout_secs: f64,
+    /// Idle deliverer's poll tick, in seconds.
+    pub poll_secs: f64,
+}
+
 /// `[replies]`: every text a follower can receive.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReplySettings {
@@ -158,6 +187,16 @@ pub struct ReplySettings {
     pub unsupported: String,
     /// Words that ask for help.
     pub help_keywords: Vec<String>,
+    /// A painting request was queued on an account without the customer-service API.
+    pub received_passive: String,
+    /// Sent (or given on fetch) when a painting failed for good.
+    pub failed: String,
+    /// Fetch, with nothing finished yet but a painting under way.
+    pub fetch_pending: String,
+    /// Fetch, with nothing at all.
+    pub fetch_nothing: String,
+    /// Fetch, when the picture could not be uploaded right now.
+    pub fetch_retry: String,
 }
 
 /// `[log]`.
@@ -262,6 +301,27 @@ impl Settings {
                 key: "jobs.lease_secs",
                 reason: "lease_secs and poll_secs must be positive and max_attempts at least 1"
                     .into(),
+            });
+        }
+        let d = &self.delivery;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !(d.fast_path_secs.is_finite() && (0.0..=4.0).contains(&d.fast_path_secs)) {
+            return Err(ConfigError::Invalid {
+                key: "delivery.fast_path_secs",
+                reason: "must be between 0 and 4 (WeChat waits 5 s for an answer)".into(),
+            });
+        }
+        if !(positive(d.lease_secs)
+            && positive(d.backoff_base_secs)
+            && positive(d.backoff_max_secs)
+            && positive(d.api_timeout_secs)
+            && positive(d.poll_secs)
+            && d.max_attempts >= 1
+            && d.concurrency >= 1)
+        {
+            return Err(ConfigError::Invalid {
+                key: "delivery",
+                reason: "lease, backoff, timeout and poll seconds must be positive, max_attempts and concurrency at least 1".into(),
             });
         }
         if self.database.max_connections == 0 {

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod command;
 /// Settings from defaults, file and environment.
 pub mod config;
+/// Delivery of finished pictures through the platform's API and passive replies.
+pub mod deliver;
 /// Stable Diffusion on ONNX Runtime.
 pub mod engine;
 /// `huabi generate`: prompts to labelled picture files.
@@ -21,6 +23,8 @@ pub mod generate;
 pub mod http;
 /// The worker: leases batches of jobs and paints them.
 pub mod queue;
+/// A local stand-in for WeChat's API, for tests and trying huabi without an account.
+pub mod standin;
 /// Durable state on PostgreSQL or SQLite.
 pub mod store;
 /// Logging.

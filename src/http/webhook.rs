@@ -4,12 +4,15 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use super::{AppState, error::ApiError};
-use crate::channel::Reply;
 use crate::channel::wechat::WebhookQuery;
+use crate::channel::{Inbound, InboundKind, Reply};
 use crate::command;
+use crate::deliver::passive::PassiveReplies;
 use crate::store::{Admission, NewJob, Submission};
 
 fn now() -> i64 {
@@ -24,38 +27,23 @@ pub async fn verify_wechat(
     Ok(state.wechat.verify_url(&query, now())?)
 }
 
+/// WeChat waits 5 s; a picture reply must be on its way back by then.
+const ANSWER_WITHIN: Duration = Duration::from_millis(4300);
+
 /// A pushed message or event.
 pub async fn receive_wechat(
     State(state): State<AppState>,
     Query(query): Query<WebhookQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let received = state.wechat.receive(&query, &body, now())?;
     let inbound = &received.inbound;
-    let plan = command::plan(&inbound.kind, &state.settings.replies);
-    let submission = Submission {
-        inbound,
-        job: plan
-            .job_prompt
-            .map(|prompt| NewJob::new(prompt, &state.settings.jobs)),
-        reply: plan.reply,
-    };
-    let reply = match state.store.submit(&submission).await? {
-        Admission::Accepted { job_id } => {
-            metrics::counter!("huabi_webhook_admitted_total", "job" => if job_id.is_some() { "yes" } else { "no" })
-                .increment(1);
-            tracing::debug!(dedup_key = %inbound.dedup_key, kind = inbound.kind.name(), ?job_id, "admitted");
-            if job_id.is_some() {
-                state.wake_workers.notify_one();
-                state.announce_jobs.notify_one();
-            }
-            submission.reply
-        }
-        Admission::Duplicate { reply } => {
-            metrics::counter!("huabi_webhook_duplicates_total").increment(1);
-            tracing::info!(dedup_key = %inbound.dedup_key, "retry of an admitted message");
-            reply
-        }
+    let passive = state.passive.as_deref().filter(|p| p.is_enabled());
+    let fetch = passive.filter(|p| text_of(&inbound.kind).is_some_and(|t| p.is_fetch(t)));
+    let reply = match fetch {
+        Some(passive) => fetch_picture(&state, passive, inbound, started).await?,
+        None => admit(&state, passive, inbound, started).await?,
     };
     let body = state.wechat.render_reply(&received, &reply, now());
     let content_type = if reply == Reply::None {
@@ -64,4 +52,114 @@ pub async fn receive_wechat(
         "application/xml; charset=utf-8"
     };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The text a message carries (typed, or recognised from speech).
+fn text_of(kind: &InboundKind) -> Option<&str> {
+    match kind {
+        InboundKind::Text { content } => Some(content),
+        InboundKind::Voice {
+            recognition: Some(text),
+        } => Some(text),
+        _ => None,
+    }
+}
+
+/// Admits the message (and its job), then, when the job finishes within the fast-path window, answers with the
+/// picture itself. A retry of an admitted message waits on the same job instead of starting anything.
+async fn admit(
+    state: &AppState,
+    passive: Option<&PassiveReplies>,
+    inbound: &Inbound,
+    started: Instant,
+) -> Result<Reply, ApiError> {
+    let delivery = &state.settings.delivery;
+    let fast_path = passive.filter(|_| delivery.fast_path_secs > 0.0);
+    let plan = command::plan(&inbound.kind, &state.settings.replies);
+    let job = plan.job_prompt.map(|prompt| {
+        let mut job = NewJob::new(prompt, &state.settings.jobs);
+        if fast_path.is_some() {
+            // Deliverers leave the job to this request until its answer window is over.
+            job.deliver_after_secs = delivery.fast_path_secs + 1.0;
+        }
+        job
+    });
+    let reply = if delivery.passive_only && job.is_some() {
+        Reply::Text {
+            text: state.settings.replies.received_passive.clone(),
+        }
+    } else {
+        plan.reply
+    };
+    let submission = Submission {
+        inbound,
+        job,
+        reply,
+    };
+    let (stored, job_id) = match state.store.submit(&submission).await? {
+        Admission::Accepted { job_id } => {
+            metrics::counter!("huabi_webhook_admitted_total", "job" => if job_id.is_some() { "yes" } else { "no" })
+                .increment(1);
+            tracing::debug!(dedup_key = %inbound.dedup_key, kind = inbound.kind.name(), ?job_id, "admitted");
+            if job_id.is_some() {
+                state.wake_workers.notify_one();
+                state.announce_jobs.notify_one();
+            }
+            (submission.reply, job_id)
+        }
+        Admission::Duplicate { reply, job_id } => {
+            metrics::counter!("huabi_webhook_duplicates_total").increment(1);
+            tracing::info!(dedup_key = %inbound.dedup_key, "retry of an admitted message");
+            if matches!(reply, Reply::Image { .. }) {
+                return Ok(reply);
+            }
+            (reply, job_id)
+        }
+    };
+    let answer_by = started + ANSWER_WITHIN;
+    if let (Some(passive), Some(job_id)) = (fast_path, job_id) {
+        let wait_until = started + Duration::from_secs_f64(delivery.fast_path_secs);
+        if let Some(picture) = passive
+            .fast_path(inbound, job_id, wait_until, answer_by)
+            .await
+        {
+            return Ok(picture);
+        }
+    }
+    if let Some(passive) = passive.filter(|_| delivery.fetch_on_any_message && job_id.is_some()) {
+        let waiting = passive.claim_waiting(inbound).await?;
+        if let Some(picture) = passive.answer_fetch(inbound, waiting, answer_by).await {
+            return Ok(picture);
+        }
+    }
+    Ok(stored)
+}
+
+/// 取图: answers with the follower's oldest finished picture (or word that it failed), or says why there is none.
+async fn fetch_picture(
+    state: &AppState,
+    passive: &PassiveReplies,
+    inbound: &Inbound,
+    started: Instant,
+) -> Result<Reply, ApiError> {
+    let waiting = passive.claim_waiting(inbound).await?;
+    let submission = Submission {
+        inbound,
+        job: None,
+        reply: passive.fetch_text(waiting),
+    };
+    match state.store.submit(&submission).await {
+        Ok(Admission::Accepted { .. }) => Ok(passive
+            .answer_fetch(inbound, waiting, started + ANSWER_WITHIN)
+            .await
+            .unwrap_or(submission.reply)),
+        Ok(Admission::Duplicate { reply, .. }) => {
+            passive.release(waiting).await;
+            Ok(reply)
+        }
+        Err(e) => {
+            passive.release(waiting).await;
+            Err(e.into())
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JobSettings;
@@ -34,6 +34,7 @@ pub struct Worker {
     jobs: JobSettings,
     max_batch: i64,
     provider: String,
+    finished: broadcast::Sender<i64>,
 }
 
 fn batch_of(jobs: &[LeasedJob]) -> Result<Batch, String> {
@@ -70,6 +71,7 @@ impl Worker {
         jobs: JobSettings,
         max_batch: usize,
         provider: String,
+        finished: broadcast::Sender<i64>,
     ) -> Self {
         Self {
             store,
@@ -78,6 +80,21 @@ impl Worker {
             jobs,
             max_batch: max_batch.max(1) as i64,
             provider,
+            finished,
+        }
+    }
+
+    /// Tells this process (directly) and every other node (through the store) that jobs are done or failed for
+    /// good, so deliverers and waiting webhook requests act at once.
+    async fn announce_finished(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        for &id in ids {
+            let _ = self.finished.send(id);
+        }
+        if let Err(e) = self.store.announce_finished(ids).await {
+            tracing::warn!(error = %e, "could not announce finished jobs; deliverers find them on their poll tick");
         }
     }
 
@@ -91,6 +108,7 @@ impl Worker {
         let exhausted = self.store.fail_exhausted(self.jobs.max_attempts).await?;
         if !exhausted.is_empty() {
             tracing::warn!(jobs = ?exhausted, "jobs failed after their last lease expired");
+            self.announce_finished(&exhausted).await;
         }
         let jobs = self
             .store
@@ -117,6 +135,7 @@ impl Worker {
     /// invalid on its own fails at once, since no retry can fix it.
     async fn paint_and_store(&self, jobs: &[LeasedJob]) -> Result<Outcome, StoreError> {
         let (mut done, mut failed) = (0, 0);
+        let mut finished = Vec::new();
         let mut groups: Vec<&[LeasedJob]> = vec![jobs];
         while let Some(group) = groups.pop() {
             let painted = match batch_of(group) {
@@ -133,13 +152,15 @@ impl Worker {
                 Ok((files, timings)) => {
                     metrics::histogram!("huabi_batch_size").record(group.len() as f64);
                     metrics::histogram!("huabi_paint_seconds").record(timings.total.as_secs_f64());
+                    let batch_size = i32::try_from(group.len()).unwrap_or(i32::MAX);
                     for (job, file) in group.iter().zip(files) {
                         if self
                             .store
-                            .complete_job(job.id, &self.id, &file.jpeg)
+                            .complete_job(job.id, &self.id, &file.jpeg, batch_size)
                             .await?
                         {
                             done += 1;
+                            finished.push(job.id);
                         } else {
                             tracing::warn!(
                                 job = job.id,
@@ -162,13 +183,18 @@ impl Worker {
                             .fail_job(job.id, &self.id, &error.to_string(), attempts)
                             .await?
                         {
-                            JobFate::Requeued | JobFate::Failed => failed += 1,
+                            JobFate::Requeued => failed += 1,
+                            JobFate::Failed => {
+                                failed += 1;
+                                finished.push(job.id);
+                            }
                             JobFate::LeaseLost => {}
                         }
                     }
                 }
             }
         }
+        self.announce_finished(&finished).await;
         Ok(Outcome::Painted { done, failed })
     }
 

@@ -64,6 +64,9 @@ pub struct NewJob {
     pub scheduler: String,
     /// Guidance scale.
     pub guidance: f32,
+    /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
+    /// which the request itself may answer with the picture.
+    pub deliver_after_secs: f64,
 }
 
 impl NewJob {
@@ -77,6 +80,7 @@ impl NewJob {
             steps: settings.steps,
             scheduler: settings.scheduler.clone(),
             guidance: settings.guidance,
+            deliver_after_secs: 0.0,
         }
     }
 }
@@ -91,8 +95,10 @@ pub enum Admission {
     },
     /// A retry of a message already admitted; nothing was created.
     Duplicate {
-        /// The reply given the first time.
+        /// The reply given the first time (or the picture that replaced it).
         reply: Reply,
+        /// The job the first delivery created, if any.
+        job_id: Option<i64>,
     },
 }
 
@@ -153,6 +159,118 @@ pub enum JobFate {
     LeaseLost,
 }
 
+/// A finished job leased to a deliverer.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryTask {
+    /// Job id.
+    pub job_id: i64,
+    /// Channel name.
+    pub channel: String,
+    /// Account the request came to.
+    pub account: String,
+    /// Follower id.
+    pub user_id: String,
+    /// `done` (send the picture) or `failed` (tell the follower).
+    pub status: String,
+    /// The picture's media id from an earlier attempt's upload.
+    pub media_id: Option<String>,
+    /// Delivery leases taken so far, this one included.
+    pub delivery_attempts: i32,
+}
+
+impl DeliveryTask {
+    /// Whether the follower is owed a picture (else a failure notice).
+    pub fn is_picture(&self) -> bool {
+        self.status == "done"
+    }
+}
+
+/// Why a finished job waits for the follower to fetch it instead of being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The 48-hour customer-service window is closed (45015).
+    WindowClosed,
+    /// The follower's customer-service message quota is used up (45047).
+    QuotaUsed,
+    /// The account has no customer-service API (48001, or configured so).
+    PassiveOnly,
+    /// The platform refused the send for good (another error code).
+    Rejected,
+    /// Transient errors outlasted every retry.
+    GaveUp,
+}
+
+impl Hold {
+    /// The name stored in `jobs.held`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::WindowClosed => "window_closed",
+            Hold::QuotaUsed => "quota_used",
+            Hold::PassiveOnly => "passive_only",
+            Hold::Rejected => "rejected",
+            Hold::GaveUp => "gave_up",
+        }
+    }
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeliveryEnd<'a> {
+    /// Sent: the picture is delivered, or the failure notice given.
+    Sent,
+    /// A transient error: try again after `after_secs`.
+    Retry {
+        /// Backoff before the next attempt.
+        after_secs: f64,
+        /// What went wrong.
+        error: &'a str,
+    },
+    /// Keep it for the fetch flow.
+    Held {
+        /// Why.
+        hold: Hold,
+        /// What the platform said.
+        error: &'a str,
+    },
+}
+
+/// What a follower who asks for their picture has waiting, claimed for the asking request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// A finished picture, now leased to the caller.
+    Picture {
+        /// The job.
+        job_id: i64,
+    },
+    /// A job that failed and the follower was not told yet, now leased to the caller.
+    Failed {
+        /// The job.
+        job_id: i64,
+    },
+    /// Nothing finished, but a job is queued, painting or being sent.
+    InProgress,
+    /// Nothing at all.
+    Nothing,
+}
+
+/// The shared access token of a platform account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// The token.
+    pub token: String,
+    /// When it stops being used, unix milliseconds (0 after a compare-and-swap expiry).
+    pub expires_ms: i64,
+}
+
+/// What is shared about a WeChat account between nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountState {
+    /// The current access token, if one was fetched.
+    pub token: Option<StoredToken>,
+    /// Set after a 48001: the account cannot use the customer-service API.
+    pub passive_only: bool,
+}
+
 /// Counts of what is stored, for tests and operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -189,7 +307,14 @@ pub trait Store: Send + Sync + 'static {
     /// Extends every lease `worker` holds; returns how many.
     async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError>;
     /// Stores the finished picture and marks the job `done`, if `worker` still holds it; returns whether it did.
-    async fn complete_job(&self, id: i64, worker: &str, jpeg: &[u8]) -> Result<bool, StoreError>;
+    /// `batch_size` is how many jobs were painted in the same pass.
+    async fn complete_job(
+        &self,
+        id: i64,
+        worker: &str,
+        jpeg: &[u8],
+        batch_size: i32,
+    ) -> Result<bool, StoreError>;
     /// Gives a job back after an error: requeued while attempts remain, else failed with `error`.
     async fn fail_job(
         &self,
@@ -200,12 +325,89 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<JobFate, StoreError>;
     /// Fails running jobs whose lease expired with no attempts left; returns their ids.
     async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError>;
-    /// Puts the jobs `worker` holds back in the queue without counting the attempt (graceful shutdown).
+    /// Puts the jobs `worker` holds back in the queue without counting the attempt, and lets go of the finished
+    /// jobs it was delivering (graceful shutdown).
     async fn release_leases(&self, worker: &str) -> Result<u64, StoreError>;
     /// The status of a job, if it exists.
     async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError>;
     /// The finished picture of a job, if stored.
     async fn job_image(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Leases up to `max` finished jobs to deliver (pictures, and failure notices), oldest first, skipping held ones
+    /// and those not due yet (`deliver_after`).
+    async fn lease_deliveries(
+        &self,
+        holder: &str,
+        max: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<DeliveryTask>, StoreError>;
+    /// Remembers the media id of an uploaded picture so a retried send does not upload again.
+    async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError>;
+    /// Records how a delivery attempt ended and lets go of the lease; false if `holder` no longer held it.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        holder: &str,
+        end: DeliveryEnd<'_>,
+    ) -> Result<bool, StoreError>;
+    /// Leases a finished job to a webhook request that will answer with it; the job's status if it could.
+    async fn claim_for_reply(
+        &self,
+        id: i64,
+        holder: &str,
+        lease_secs: f64,
+    ) -> Result<Option<String>, StoreError>;
+    /// Finds and leases the oldest finished job of a follower (the fetch flow).
+    async fn claim_waiting(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+        holder: &str,
+        lease_secs: f64,
+    ) -> Result<Waiting, StoreError>;
+    /// In one transaction: marks a claimed job delivered `via` a passive reply (or its failure told) and stores
+    /// `reply` as the answer to the message `(channel, account, dedup_key)`, so its retries repeat it.
+    async fn finish_reply(
+        &self,
+        id: i64,
+        holder: &str,
+        inbound: &Inbound,
+        reply: &Reply,
+        via: &str,
+    ) -> Result<bool, StoreError>;
+    /// Lets go of a claim without delivering.
+    async fn release_claim(&self, id: i64, holder: &str) -> Result<(), StoreError>;
+    /// The shared token and flags of a WeChat account.
+    async fn wechat_account(&self, app_id: &str) -> Result<AccountState, StoreError>;
+    /// Becomes the one node refreshing the account's token for `hold_ms`, unless another node is already at it.
+    async fn claim_token_refresh(
+        &self,
+        app_id: &str,
+        holder: &str,
+        now_ms: i64,
+        hold_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Ends `holder`'s refresh claim without a token (the refresh failed), so another node may try at once.
+    async fn release_token_refresh(&self, app_id: &str, holder: &str) -> Result<(), StoreError>;
+    /// Stores a fresh token and ends the refresh claim.
+    async fn save_token(
+        &self,
+        app_id: &str,
+        token: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Marks the token expired only if it is still `token` (compare-and-swap); returns whether it was.
+    async fn expire_token(&self, app_id: &str, token: &str) -> Result<bool, StoreError>;
+    /// Records whether the account can use the customer-service API.
+    async fn set_passive_only(&self, app_id: &str, passive_only: bool) -> Result<(), StoreError>;
+    /// Sends the ids of jobs that finished (done or failed) to `finished` whenever any node announces them
+    /// (PostgreSQL LISTEN; a no-op on SQLite, where only this process paints).
+    async fn subscribe_finished(
+        &self,
+        finished: tokio::sync::broadcast::Sender<i64>,
+    ) -> Result<(), StoreError>;
+    /// Tells every node that these jobs finished (PostgreSQL NOTIFY; a no-op on SQLite).
+    async fn announce_finished(&self, ids: &[i64]) -> Result<(), StoreError>;
     /// Calls `wake.notify_one()` whenever any node announces new jobs (PostgreSQL LISTEN; a no-op on SQLite,
     /// where only this process submits).
     async fn subscribe_jobs(&self, wake: Arc<tokio::sync::Notify>) -> Result<(), StoreError>;
@@ -237,6 +439,51 @@ fn fate(status: Option<(String,)>) -> JobFate {
         Some("failed") => JobFate::Failed,
         Some(_) => JobFate::Requeued,
         None => JobFate::LeaseLost,
+    }
+}
+
+/// Takes the token refresh for `$2` until `$4` unless another holder's claim is still running at `$3` (both DBs).
+const CLAIM_TOKEN_REFRESH: &str = "
+INSERT INTO wechat_accounts (app_id, refresh_holder, refresh_until_ms) VALUES ($1, $2, $4)
+ON CONFLICT (app_id) DO UPDATE SET refresh_holder = excluded.refresh_holder, refresh_until_ms = excluded.refresh_until_ms
+WHERE wechat_accounts.refresh_until_ms IS NULL OR wechat_accounts.refresh_until_ms < $3
+RETURNING app_id";
+
+/// Stores a fresh token and ends any refresh claim (both DBs).
+const SAVE_TOKEN: &str = "
+INSERT INTO wechat_accounts (app_id, access_token, token_expires_ms) VALUES ($1, $2, $3)
+ON CONFLICT (app_id) DO UPDATE SET access_token = excluded.access_token,
+    token_expires_ms = excluded.token_expires_ms, refresh_holder = NULL, refresh_until_ms = NULL";
+
+/// Ends a refresh claim that produced no token (both DBs).
+const RELEASE_TOKEN_REFRESH: &str = "
+UPDATE wechat_accounts SET refresh_holder = NULL, refresh_until_ms = NULL WHERE app_id = $1 AND refresh_holder = $2";
+
+/// Expires the token only if it is still the failing one (both DBs).
+const EXPIRE_TOKEN: &str = "
+UPDATE wechat_accounts SET token_expires_ms = 0
+WHERE app_id = $1 AND access_token = $2 AND token_expires_ms > 0";
+
+/// An [`AccountState`] from its row, if any.
+fn account_state(row: Option<(Option<String>, Option<i64>, bool)>) -> AccountState {
+    let Some((token, expires_ms, passive_only)) = row else {
+        return AccountState::default();
+    };
+    AccountState {
+        token: token.map(|token| StoredToken {
+            token,
+            expires_ms: expires_ms.unwrap_or(0),
+        }),
+        passive_only,
+    }
+}
+
+/// A claimed `(id, status)` as [`Waiting`].
+fn waiting((job_id, status): (i64, String)) -> Waiting {
+    if status == "failed" {
+        Waiting::Failed { job_id }
+    } else {
+        Waiting::Picture { job_id }
     }
 }
 

@@ -4,12 +4,14 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use std::sync::Arc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 use super::{
-    Admission, Counts, JobFate, JobRow, LeasedJob, Store, StoreError, Submission, decode_reply,
-    encode_reply, fate, source_msg_id,
+    AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
+    JobFate, JobRow, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError, Submission,
+    Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
 };
+use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
@@ -22,8 +24,9 @@ WITH inbound AS (
     RETURNING id
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                      negative_prompt, width, height, steps, scheduler, guidance)
-    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15 FROM inbound WHERE $9::text IS NOT NULL
+                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16)
+    FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
 )
 SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
@@ -51,6 +54,33 @@ RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, gui
 
 /// The LISTEN/NOTIFY channel that announces new jobs.
 const JOBS_CHANNEL: &str = "huabi_jobs";
+/// The LISTEN/NOTIFY channel that announces finished jobs (payload: comma-separated ids).
+const FINISHED_CHANNEL: &str = "huabi_finished";
+
+/// A job the follower is owed something for: a picture, or word that it failed (held ones included).
+const OWED: &str = "(status = 'done' OR (status = 'failed' AND notified_at IS NULL))";
+
+/// Marks a leased job delivered (`$3` = how) or, for a failed job, its failure told. Append the WHERE clause.
+const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = NULL,
+    status = CASE WHEN status = 'done' THEN 'delivered' ELSE status END,
+    delivered_at = CASE WHEN status = 'done' THEN now() END,
+    delivered_via = CASE WHEN status = 'done' THEN $3 END,
+    notified_at = CASE WHEN status = 'failed' THEN now() END";
+
+/// Leases finished jobs that are due, oldest first.
+const LEASE_DELIVERIES: &str = "
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE held IS NULL AND (status = 'done' OR (status = 'failed' AND notified_at IS NULL))
+      AND (leased_until IS NULL OR leased_until < now())
+      AND (deliver_after IS NULL OR deliver_after <= now())
+    ORDER BY finished_at, id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs SET leased_by = $1, leased_until = now() + make_interval(secs => $3),
+    delivery_attempts = delivery_attempts + 1
+FROM picked WHERE jobs.id = picked.id
+RETURNING jobs.id AS job_id, channel, account, user_id, status, media_id, delivery_attempts";
 
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -107,13 +137,15 @@ impl Store for PgStore {
             .bind(job.map(|j| j.steps as i32))
             .bind(job.map(|j| &j.scheduler))
             .bind(job.map(|j| j.guidance))
+            .bind(job.map(|j| j.deliver_after_secs).unwrap_or(0.0))
             .fetch_one(&self.pool)
             .await?;
         if inbound_id.is_some() {
             return Ok(Admission::Accepted { job_id });
         }
-        let (reply,): (String,) = sqlx::query_as(
-            "SELECT reply FROM inbound_messages WHERE channel = $1 AND account = $2 AND dedup_key = $3",
+        let (reply, job_id): (String, Option<i64>) = sqlx::query_as(
+            "SELECT m.reply, j.id FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
+             WHERE m.channel = $1 AND m.account = $2 AND m.dedup_key = $3",
         )
         .bind(m.channel)
         .bind(&m.account)
@@ -122,6 +154,7 @@ impl Store for PgStore {
         .await?;
         Ok(Admission::Duplicate {
             reply: decode_reply(&reply)?,
+            job_id,
         })
     }
 
@@ -174,14 +207,22 @@ impl Store for PgStore {
         .rows_affected())
     }
 
-    async fn complete_job(&self, id: i64, worker: &str, jpeg: &[u8]) -> Result<bool, StoreError> {
+    async fn complete_job(
+        &self,
+        id: i64,
+        worker: &str,
+        jpeg: &[u8],
+        batch_size: i32,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'done', finished_at = now(), leased_by = NULL, leased_until = NULL
+            "UPDATE jobs SET status = 'done', finished_at = now(), leased_by = NULL, leased_until = NULL,
+                 batch_size = $3
              WHERE id = $1 AND leased_by = $2 AND status = 'running'",
         )
         .bind(id)
         .bind(worker)
+        .bind(batch_size)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -234,14 +275,23 @@ impl Store for PgStore {
     }
 
     async fn release_leases(&self, worker: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
+        let painting = sqlx::query(
             "UPDATE jobs SET status = 'queued', leased_by = NULL, leased_until = NULL, attempts = attempts - 1
              WHERE leased_by = $1 AND status = 'running'",
         )
         .bind(worker)
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        let delivering = sqlx::query(
+            "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_attempts = delivery_attempts - 1
+             WHERE leased_by = $1 AND status IN ('done', 'failed')",
+        )
+        .bind(worker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(painting + delivering)
     }
 
     async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError> {
@@ -259,6 +309,268 @@ impl Store for PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(j,)| j))
+    }
+
+    async fn lease_deliveries(
+        &self,
+        holder: &str,
+        max: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<DeliveryTask>, StoreError> {
+        Ok(sqlx::query_as(LEASE_DELIVERIES)
+            .bind(holder)
+            .bind(max)
+            .bind(lease_secs)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET media_id = $3 WHERE id = $1 AND leased_by = $2")
+            .bind(id)
+            .bind(holder)
+            .bind(media_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        holder: &str,
+        end: DeliveryEnd<'_>,
+    ) -> Result<bool, StoreError> {
+        let sql = match end {
+            DeliveryEnd::Sent => format!("{SENT} WHERE id = $1 AND leased_by = $2"),
+            DeliveryEnd::Retry { .. } => {
+                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = $3,
+                     deliver_after = now() + make_interval(secs => $4)
+                 WHERE id = $1 AND leased_by = $2"
+                    .to_string()
+            }
+            DeliveryEnd::Held { .. } => "UPDATE jobs SET leased_by = NULL, leased_until = NULL,
+                     delivery_error = $3, held = $4
+                 WHERE id = $1 AND leased_by = $2"
+                .to_string(),
+        };
+        let query = sqlx::query(&sql).bind(id).bind(holder);
+        let query = match end {
+            DeliveryEnd::Sent => query.bind("send"),
+            DeliveryEnd::Retry { after_secs, error } => query.bind(error).bind(after_secs),
+            DeliveryEnd::Held { hold, error } => query.bind(error).bind(hold.as_str()),
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    async fn claim_for_reply(
+        &self,
+        id: i64,
+        holder: &str,
+        lease_secs: f64,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET leased_by = $2, leased_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND {OWED} AND (leased_until IS NULL OR leased_until < now())
+             RETURNING status"
+        ))
+        .bind(id)
+        .bind(holder)
+        .bind(lease_secs)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(s,)| s))
+    }
+
+    async fn claim_waiting(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+        holder: &str,
+        lease_secs: f64,
+    ) -> Result<Waiting, StoreError> {
+        let claimed: Option<(i64, String)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET leased_by = $4, leased_until = now() + make_interval(secs => $5)
+             WHERE id = (
+                 SELECT id FROM jobs
+                 WHERE channel = $1 AND account = $2 AND user_id = $3 AND {OWED}
+                   AND (leased_until IS NULL OR leased_until < now())
+                 ORDER BY finished_at, id LIMIT 1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, status"
+        ))
+        .bind(channel)
+        .bind(account)
+        .bind(user_id)
+        .bind(holder)
+        .bind(lease_secs)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(claimed) = claimed {
+            return Ok(waiting(claimed));
+        }
+        let (busy,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE channel = $1 AND account = $2 AND user_id = $3
+                 AND status IN ('queued', 'running', 'done'))",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(if busy {
+            Waiting::InProgress
+        } else {
+            Waiting::Nothing
+        })
+    }
+
+    async fn finish_reply(
+        &self,
+        id: i64,
+        holder: &str,
+        inbound: &Inbound,
+        reply: &Reply,
+        via: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(&format!("{SENT} WHERE id = $1 AND leased_by = $2"))
+            .bind(id)
+            .bind(holder)
+            .bind(via)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if marked == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE inbound_messages SET reply = $4 WHERE channel = $1 AND account = $2 AND dedup_key = $3",
+        )
+        .bind(inbound.channel)
+        .bind(&inbound.account)
+        .bind(&inbound.dedup_key)
+        .bind(encode_reply(reply))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release_claim(&self, id: i64, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET leased_by = NULL, leased_until = NULL WHERE id = $1 AND leased_by = $2",
+        )
+        .bind(id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn wechat_account(&self, app_id: &str) -> Result<AccountState, StoreError> {
+        let row: Option<(Option<String>, Option<i64>, bool)> = sqlx::query_as(
+            "SELECT access_token, token_expires_ms, passive_only FROM wechat_accounts WHERE app_id = $1",
+        )
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(account_state(row))
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        app_id: &str,
+        holder: &str,
+        now_ms: i64,
+        hold_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let claimed: Option<(String,)> = sqlx::query_as(CLAIM_TOKEN_REFRESH)
+            .bind(app_id)
+            .bind(holder)
+            .bind(now_ms)
+            .bind(now_ms + hold_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    async fn release_token_refresh(&self, app_id: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(RELEASE_TOKEN_REFRESH)
+            .bind(app_id)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_token(
+        &self,
+        app_id: &str,
+        token: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(SAVE_TOKEN)
+            .bind(app_id)
+            .bind(token)
+            .bind(expires_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn expire_token(&self, app_id: &str, token: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query(EXPIRE_TOKEN)
+            .bind(app_id)
+            .bind(token)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn set_passive_only(&self, app_id: &str, passive_only: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO wechat_accounts (app_id, passive_only) VALUES ($1, $2)
+             ON CONFLICT (app_id) DO UPDATE SET passive_only = excluded.passive_only",
+        )
+        .bind(app_id)
+        .bind(passive_only)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn subscribe_finished(&self, finished: broadcast::Sender<i64>) -> Result<(), StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(FINISHED_CHANNEL).await?;
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(note) => {
+                        for id in note.payload().split(',').filter_map(|id| id.parse().ok()) {
+                            let _ = finished.send(id);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "finished-job notifications interrupted; the poll tick covers the gap");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn announce_finished(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let payload = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(FINISHED_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn subscribe_jobs(&self, wake: Arc<Notify>) -> Result<(), StoreError> {

@@ -9,18 +9,38 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 use super::{
-    Admission, Counts, JobFate, JobRow, LeasedJob, Store, StoreError, Submission, decode_reply,
-    encode_reply, fate, source_msg_id,
+    AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
+    JobFate, JobRow, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError, Submission,
+    Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
 };
+use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 
 /// The current time in the format every SQLite timestamp column uses (so text comparison orders them).
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// Now plus `?3` seconds.
 const UNTIL: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', ?3))";
+/// Now plus the seconds in parameter `?n`.
+fn now_plus(n: usize) -> String {
+    format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', ?{n}))")
+}
+/// A job the follower is owed something for: a picture, or word that it failed (held ones included).
+const OWED: &str = "(status = 'done' OR (status = 'failed' AND notified_at IS NULL))";
+/// Not leased, or the lease expired.
+const FREE: &str = "(leased_until IS NULL OR leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
+/// Marks a leased job delivered (`?3` = how) or, for a failed job, its failure told. Append the WHERE clause.
+const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = NULL,
+    status = CASE WHEN status = 'done' THEN 'delivered' ELSE status END,
+    delivered_at = CASE WHEN status = 'done' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END,
+    delivered_via = CASE WHEN status = 'done' THEN ?3 END,
+    notified_at = CASE WHEN status = 'failed' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END";
+/// The shared PostgreSQL-style statements with SQLite's explicitly numbered parameters.
+fn numbered(sql: &str) -> String {
+    sql.replace('$', "?")
+}
 /// A job a worker may lease: queued, or running with an expired lease, with attempts left (`?4`).
 const ELIGIBLE: &str = "(status = 'queued' OR (status = 'running' AND leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))) AND attempts < ?4";
 /// [`ELIGIBLE`] for the alias `j`.
@@ -98,8 +118,9 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((inbound_id,)) = inserted else {
-            let (reply,): (String,) = sqlx::query_as(
-                "SELECT reply FROM inbound_messages WHERE channel = ?1 AND account = ?2 AND dedup_key = ?3",
+            let (reply, job_id): (String, Option<i64>) = sqlx::query_as(
+                "SELECT m.reply, j.id FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
+                 WHERE m.channel = ?1 AND m.account = ?2 AND m.dedup_key = ?3",
             )
             .bind(m.channel)
             .bind(&m.account)
@@ -109,14 +130,15 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(Admission::Duplicate {
                 reply: decode_reply(&reply)?,
+                job_id,
             });
         };
         let job_id = match &s.job {
             Some(job) => {
                 let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                                       negative_prompt, width, height, steps, scheduler, guidance)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                    &format!("INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
+                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}) RETURNING id", now_plus(13)),
                 )
                 .bind(m.channel)
                 .bind(&m.account)
@@ -130,6 +152,7 @@ impl Store for SqliteStore {
                 .bind(job.steps as i64)
                 .bind(&job.scheduler)
                 .bind(job.guidance)
+                .bind(job.deliver_after_secs)
                 .fetch_one(&mut *tx)
                 .await?;
                 Some(id)
@@ -203,14 +226,22 @@ impl Store for SqliteStore {
         .rows_affected())
     }
 
-    async fn complete_job(&self, id: i64, worker: &str, jpeg: &[u8]) -> Result<bool, StoreError> {
+    async fn complete_job(
+        &self,
+        id: i64,
+        worker: &str,
+        jpeg: &[u8],
+        batch_size: i32,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'done', finished_at = {NOW}, leased_by = NULL, leased_until = NULL
+            "UPDATE jobs SET status = 'done', finished_at = {NOW}, leased_by = NULL, leased_until = NULL,
+                 batch_size = ?3
              WHERE id = ?1 AND leased_by = ?2 AND status = 'running'"
         ))
         .bind(id)
         .bind(worker)
+        .bind(batch_size)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -263,14 +294,23 @@ impl Store for SqliteStore {
     }
 
     async fn release_leases(&self, worker: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
+        let painting = sqlx::query(
             "UPDATE jobs SET status = 'queued', leased_by = NULL, leased_until = NULL, attempts = attempts - 1
              WHERE leased_by = ?1 AND status = 'running'",
         )
         .bind(worker)
         .execute(&self.writer)
         .await?
-        .rows_affected())
+        .rows_affected();
+        let delivering = sqlx::query(
+            "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_attempts = delivery_attempts - 1
+             WHERE leased_by = ?1 AND status IN ('done', 'failed')",
+        )
+        .bind(worker)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(painting + delivering)
     }
 
     async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError> {
@@ -288,6 +328,254 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await?;
         Ok(row.map(|(j,)| j))
+    }
+
+    async fn lease_deliveries(
+        &self,
+        holder: &str,
+        max: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<DeliveryTask>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE jobs SET leased_by = ?1, leased_until = {UNTIL}, delivery_attempts = delivery_attempts + 1
+             WHERE id IN (
+                 SELECT id FROM jobs WHERE held IS NULL AND {OWED} AND {FREE} AND (deliver_after IS NULL OR deliver_after <= {NOW})
+                 ORDER BY finished_at, id LIMIT ?2)
+             RETURNING id AS job_id, channel, account, user_id, status, media_id, delivery_attempts"
+        ))
+        .bind(holder)
+        .bind(max)
+        .bind(lease_secs)
+        .fetch_all(&self.writer)
+        .await?)
+    }
+
+    async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET media_id = ?3 WHERE id = ?1 AND leased_by = ?2")
+            .bind(id)
+            .bind(holder)
+            .bind(media_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        holder: &str,
+        end: DeliveryEnd<'_>,
+    ) -> Result<bool, StoreError> {
+        let sql = match end {
+            DeliveryEnd::Sent => format!("{SENT} WHERE id = ?1 AND leased_by = ?2"),
+            DeliveryEnd::Retry { .. } => format!(
+                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = ?3,
+                     deliver_after = {}
+                 WHERE id = ?1 AND leased_by = ?2",
+                now_plus(4)
+            ),
+            DeliveryEnd::Held { .. } => "UPDATE jobs SET leased_by = NULL, leased_until = NULL,
+                     delivery_error = ?3, held = ?4
+                 WHERE id = ?1 AND leased_by = ?2"
+                .to_string(),
+        };
+        let query = sqlx::query(&sql).bind(id).bind(holder);
+        let query = match end {
+            DeliveryEnd::Sent => query.bind("send"),
+            DeliveryEnd::Retry { after_secs, error } => query.bind(error).bind(after_secs),
+            DeliveryEnd::Held { hold, error } => query.bind(error).bind(hold.as_str()),
+        };
+        Ok(query.execute(&self.writer).await?.rows_affected() == 1)
+    }
+
+    async fn claim_for_reply(
+        &self,
+        id: i64,
+        holder: &str,
+        lease_secs: f64,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET leased_by = ?2, leased_until = {UNTIL}
+             WHERE id = ?1 AND {OWED} AND {FREE}
+             RETURNING status"
+        ))
+        .bind(id)
+        .bind(holder)
+        .bind(lease_secs)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|(s,)| s))
+    }
+
+    async fn claim_waiting(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+        holder: &str,
+        lease_secs: f64,
+    ) -> Result<Waiting, StoreError> {
+        let claimed: Option<(i64, String)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET leased_by = ?4, leased_until = {}
+             WHERE id = (
+                 SELECT id FROM jobs
+                 WHERE channel = ?1 AND account = ?2 AND user_id = ?3 AND {OWED} AND {FREE}
+                 ORDER BY finished_at, id LIMIT 1)
+             RETURNING id, status",
+            now_plus(5)
+        ))
+        .bind(channel)
+        .bind(account)
+        .bind(user_id)
+        .bind(holder)
+        .bind(lease_secs)
+        .fetch_optional(&self.writer)
+        .await?;
+        if let Some(claimed) = claimed {
+            return Ok(waiting(claimed));
+        }
+        let (busy,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE channel = ?1 AND account = ?2 AND user_id = ?3
+                 AND status IN ('queued', 'running', 'done'))",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(user_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(if busy {
+            Waiting::InProgress
+        } else {
+            Waiting::Nothing
+        })
+    }
+
+    async fn finish_reply(
+        &self,
+        id: i64,
+        holder: &str,
+        inbound: &Inbound,
+        reply: &Reply,
+        via: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let marked = sqlx::query(&format!("{SENT} WHERE id = ?1 AND leased_by = ?2"))
+            .bind(id)
+            .bind(holder)
+            .bind(via)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if marked == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE inbound_messages SET reply = ?4 WHERE channel = ?1 AND account = ?2 AND dedup_key = ?3",
+        )
+        .bind(inbound.channel)
+        .bind(&inbound.account)
+        .bind(&inbound.dedup_key)
+        .bind(encode_reply(reply))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release_claim(&self, id: i64, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET leased_by = NULL, leased_until = NULL WHERE id = ?1 AND leased_by = ?2",
+        )
+        .bind(id)
+        .bind(holder)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn wechat_account(&self, app_id: &str) -> Result<AccountState, StoreError> {
+        let row: Option<(Option<String>, Option<i64>, bool)> = sqlx::query_as(
+            "SELECT access_token, token_expires_ms, passive_only FROM wechat_accounts WHERE app_id = ?1",
+        )
+        .bind(app_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(account_state(row))
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        app_id: &str,
+        holder: &str,
+        now_ms: i64,
+        hold_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let claimed: Option<(String,)> = sqlx::query_as(&numbered(CLAIM_TOKEN_REFRESH))
+            .bind(app_id)
+            .bind(holder)
+            .bind(now_ms)
+            .bind(now_ms + hold_ms)
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    async fn release_token_refresh(&self, app_id: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(&numbered(RELEASE_TOKEN_REFRESH))
+            .bind(app_id)
+            .bind(holder)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_token(
+        &self,
+        app_id: &str,
+        token: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&numbered(SAVE_TOKEN))
+            .bind(app_id)
+            .bind(token)
+            .bind(expires_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn expire_token(&self, app_id: &str, token: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query(&numbered(EXPIRE_TOKEN))
+            .bind(app_id)
+            .bind(token)
+            .execute(&self.writer)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn set_passive_only(&self, app_id: &str, passive_only: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO wechat_accounts (app_id, passive_only) VALUES (?1, ?2)
+             ON CONFLICT (app_id) DO UPDATE SET passive_only = excluded.passive_only",
+        )
+        .bind(app_id)
+        .bind(passive_only)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn subscribe_finished(
+        &self,
+        _finished: broadcast::Sender<i64>,
+    ) -> Result<(), StoreError> {
+        // One node: the worker in this process reports its finished jobs directly.
+        Ok(())
+    }
+
+    async fn announce_finished(&self, _ids: &[i64]) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn subscribe_jobs(&self, _wake: Arc<Notify>) -> Result<(), StoreError> {

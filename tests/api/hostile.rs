@@ -44,6 +44,7 @@ fn new_fixture() -> Fixture {
             metrics: metrics_handle(),
             wake_workers: Default::default(),
             announce_jobs: Default::default(),
+            passive: None,
         };
         (router(state), store, db)
     });

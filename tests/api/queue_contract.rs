@@ -138,7 +138,7 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
     assert_eq!((b.len(), b[0].id, b[0].attempts), (1, id, 2));
     assert_eq!(b[0].seed, a[0].seed, "the seed is kept on retries");
     assert!(
-        !s.complete_job(id, "worker-a", b"late")
+        !s.complete_job(id, "worker-a", b"late", 1)
             .await
             .expect("complete"),
         "the old holder lost the lease"
@@ -148,7 +148,7 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
         JobFate::LeaseLost
     );
     assert!(
-        s.complete_job(id, "worker-b", b"\xFF\xD8jpeg")
+        s.complete_job(id, "worker-b", b"\xFF\xD8jpeg", 1)
             .await
             .expect("complete")
     );
@@ -161,7 +161,7 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
         Some(&b"\xFF\xD8jpeg"[..])
     );
     assert!(
-        !s.complete_job(id, "worker-b", b"again")
+        !s.complete_job(id, "worker-b", b"again", 1)
             .await
             .expect("complete"),
         "done only once"

@@ -80,10 +80,12 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
         job: Some(job("桂花")),
         reply: reply("first reply"),
     };
-    assert!(matches!(
-        store.submit(&first).await.expect("submit"),
-        Admission::Accepted { job_id: Some(_) }
-    ));
+    let Admission::Accepted {
+        job_id: Some(job_id),
+    } = store.submit(&first).await.expect("submit")
+    else {
+        panic!("no job")
+    };
     // The retry computes a different reply; the stored one wins.
     let retry = Submission {
         inbound: &m,
@@ -94,7 +96,8 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
         assert_eq!(
             store.submit(&retry).await.expect("retry"),
             Admission::Duplicate {
-                reply: reply("first reply")
+                reply: reply("first reply"),
+                job_id: Some(job_id),
             }
         );
     }
@@ -128,7 +131,8 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
     assert_eq!(
         store.submit(&s).await.expect("retry"),
         Admission::Duplicate {
-            reply: reply("welcome")
+            reply: reply("welcome"),
+            job_id: None,
         }
     );
     let silent = Inbound {
@@ -143,7 +147,10 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
     store.submit(&s).await.expect("submit");
     assert_eq!(
         store.submit(&s).await.expect("retry"),
-        Admission::Duplicate { reply: Reply::None }
+        Admission::Duplicate {
+            reply: Reply::None,
+            job_id: None,
+        }
     );
     assert_eq!(
         store.counts().await.expect("counts"),
@@ -201,7 +208,10 @@ async fn concurrent_retries_admit_exactly_once(backend: Backend) {
     for t in tasks {
         match t.await.expect("task") {
             Admission::Accepted { job_id: Some(_) } => accepted += 1,
-            Admission::Duplicate { reply: r } => assert_eq!(r, reply("r")),
+            Admission::Duplicate { reply: r, job_id } => {
+                assert_eq!(r, reply("r"));
+                assert!(job_id.is_some());
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -240,7 +250,8 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     assert_eq!(
         dup,
         Admission::Duplicate {
-            reply: reply(prompt)
+            reply: reply(prompt),
+            job_id: Some(store.recent_jobs(1).await.expect("jobs")[0].id),
         }
     );
 }

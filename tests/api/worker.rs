@@ -118,6 +118,7 @@ async fn an_invalid_job_fails_alone_and_its_batch_neighbours_are_painted() {
         s.jobs.clone(),
         4,
         "huabi-test".into(),
+        tokio::sync::broadcast::channel(16).0,
     );
     assert_eq!(
         worker.run_once().await.expect("run"),

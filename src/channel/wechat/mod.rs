@@ -1,6 +1,7 @@
 //! The WeChat Official Account channel: URL verification, signature and freshness checks, the three
 //! message modes (plaintext, compatible, safe), message parsing and passive replies.
 
+pub mod api;
 pub mod crypto;
 pub mod signature;
 pub mod xml;

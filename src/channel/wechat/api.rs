@@ -1,0 +1,365 @@
+//! WeChat's server API for what huabi sends: the stable access token, image uploads (temporary media and permanent
+//! material) and customer-service messages. Plain HTTP; who holds the token is the caller's business.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest API answer read; WeChat's are a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longest access token accepted (WeChat asks callers to reserve 512 characters).
+const MAX_TOKEN_LEN: usize = 2048;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// WeChat answered with an error code.
+    #[error("WeChat error {code}: {message}")]
+    Platform {
+        /// `errcode`.
+        code: i64,
+        /// `errmsg`.
+        message: String,
+    },
+    /// The request did not complete: connection refused, reset, or timed out.
+    #[error("WeChat API unreachable or too slow: {0}")]
+    Transport(String),
+    /// An HTTP status other than 200.
+    #[error("WeChat API answered HTTP {0}")]
+    Status(u16),
+    /// A 200 answer that is not what the endpoint returns.
+    #[error("unexpected answer from the WeChat API: {0}")]
+    Decode(String),
+    /// No AppID / AppSecret configured.
+    #[error("HUABI__WECHAT__APP_ID and HUABI__WECHAT__APP_SECRET are needed to call WeChat's API")]
+    NotConfigured,
+}
+
+/// What a caller should do about an [`ApiError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 40001 / 40014 / 42001: the token is invalid or expired; expire it (compare-and-swap) and retry once.
+    TokenInvalid,
+    /// -1 (busy), 45009 (rate limit), 5xx, timeouts, garbled answers: back off and retry.
+    Transient,
+    /// 45015: the 48-hour customer-service window is closed.
+    WindowClosed,
+    /// 45047: the customer-service quota for this follower is used up.
+    QuotaUsed,
+    /// 48001: the account lacks the API (unverified): passive replies only.
+    Unauthorized,
+    /// Anything else: retrying will not help.
+    Permanent,
+}
+
+impl ApiError {
+    /// How to react to this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::Platform { code, .. } => match code {
+                40001 | 40014 | 42001 => ErrorClass::TokenInvalid,
+                -1 | 45009 => ErrorClass::Transient,
+                45015 => ErrorClass::WindowClosed,
+                45047 => ErrorClass::QuotaUsed,
+                48001 => ErrorClass::Unauthorized,
+                _ => ErrorClass::Permanent,
+            },
+            ApiError::Transport(_) | ApiError::Decode(_) => ErrorClass::Transient,
+            ApiError::Status(status) if *status >= 500 || *status == 429 => ErrorClass::Transient,
+            ApiError::Status(_) | ApiError::NotConfigured => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// A token as WeChat hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The access token.
+    pub token: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+/// A client for one account's API.
+#[derive(Clone)]
+pub struct WechatApi {
+    http: reqwest::Client,
+    base: String,
+    app_id: String,
+    secret: SecretString,
+}
+
+impl std::fmt::Debug for WechatApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WechatApi")
+            .field("base", &self.base)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WechatApi {
+    /// A client for the account at `base` (e.g. `https://api.weixin.qq.com`), each call bounded by `timeout`.
+    pub fn new(base: &str, app_id: &str, secret: SecretString, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            app_id: app_id.to_string(),
+            secret,
+        }
+    }
+
+    /// The AppID this client calls for.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    /// Whether AppID and AppSecret are set.
+    pub fn is_configured(&self) -> bool {
+        !self.app_id.is_empty() && !self.secret.expose_secret().is_empty()
+    }
+
+    /// `cgi-bin/stable_token`: in normal mode repeated calls return the same token until shortly before it
+    /// expires, so several nodes never invalidate each other's; `force` asks for a new one (20 a day).
+    pub async fn stable_token(&self, force: bool) -> Result<IssuedToken, ApiError> {
+        if !self.is_configured() {
+            return Err(ApiError::NotConfigured);
+        }
+        let body = json!({
+            "grant_type": "client_credential",
+            "appid": self.app_id,
+            "secret": self.secret.expose_secret(),
+            "force_refresh": force,
+        });
+        let answer = self
+            .send(self.http.post(self.url("cgi-bin/stable_token")).json(&body))
+            .await?;
+        #[derive(Deserialize)]
+        struct Token {
+            access_token: String,
+            expires_in: u64,
+        }
+        let token: Token = decode(answer)?;
+        let valid = !token.access_token.is_empty()
+            && token.access_token.len() <= MAX_TOKEN_LEN
+            && token.access_token.bytes().all(|b| b.is_ascii_graphic());
+        if !valid || token.expires_in == 0 {
+            return Err(ApiError::Decode(
+                "access_token empty, too long or not printable ASCII".into(),
+            ));
+        }
+        Ok(IssuedToken {
+            token: token.access_token,
+            expires_in: token.expires_in,
+        })
+    }
+
+    /// `cgi-bin/media/upload?type=image`: temporary media (3 days) for a customer-service send.
+    pub async fn upload_image(
+        &self,
+        token: &str,
+        jpeg: Vec<u8>,
+        filename: &str,
+    ) -> Result<String, ApiError> {
+        self.upload("cgi-bin/media/upload", token, jpeg, filename)
+            .await
+    }
+
+    /// `cgi-bin/material/add_material?type=image`: permanent material, the one upload passive-only accounts may use.
+    pub async fn add_material_image(
+        &self,
+        token: &str,
+        jpeg: Vec<u8>,
+        filename: &str,
+    ) -> Result<String, ApiError> {
+        self.upload("cgi-bin/material/add_material", token, jpeg, filename)
+            .await
+    }
+
+    /// `cgi-bin/material/del_material`.
+    pub async fn delete_material(&self, token: &str, media_id: &str) -> Result<(), ApiError> {
+        let request = self
+            .http
+            .post(self.url("cgi-bin/material/del_material"))
+            .query(&[("access_token", token)])
+            .json(&json!({ "media_id": media_id }));
+        self.send(request).await.map(drop)
+    }
+
+    /// `cgi-bin/message/custom/send` with an uploaded picture.
+    pub async fn send_image(
+        &self,
+        token: &str,
+        user: &str,
+        media_id: &str,
+    ) -> Result<(), ApiError> {
+        self.custom_send(
+            token,
+            json!({"touser": user, "msgtype": "image", "image": {"media_id": media_id}}),
+        )
+        .await
+    }
+
+    /// `cgi-bin/message/custom/send` with text.
+    pub async fn send_text(&self, token: &str, user: &str, text: &str) -> Result<(), ApiError> {
+        self.custom_send(
+            token,
+            json!({"touser": user, "msgtype": "text", "text": {"content": text}}),
+        )
+        .await
+    }
+
+    async fn custom_send(&self, token: &str, body: Value) -> Result<(), ApiError> {
+        let request = self
+            .http
+            .post(self.url("cgi-bin/message/custom/send"))
+            .query(&[("access_token", token)])
+            .json(&body);
+        self.send(request).await.map(drop)
+    }
+
+    async fn upload(
+        &self,
+        path: &str,
+        token: &str,
+        jpeg: Vec<u8>,
+        filename: &str,
+    ) -> Result<String, ApiError> {
+        // The field must be `media` and the file name needs an extension (40005 otherwise).
+        let part = reqwest::multipart::Part::bytes(jpeg)
+            .file_name(filename.to_string())
+            .mime_str("image/jpeg")
+            .map_err(|e| ApiError::Decode(e.to_string()))?;
+        let form = reqwest::multipart::Form::new().part("media", part);
+        let request = self
+            .http
+            .post(self.url(path))
+            .query(&[("access_token", token), ("type", "image")])
+            .multipart(form);
+        #[derive(Deserialize)]
+        struct Uploaded {
+            media_id: String,
+        }
+        let uploaded: Uploaded = decode(self.send(request).await?)?;
+        if uploaded.media_id.is_empty() || uploaded.media_id.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::Decode("media_id empty or too long".into()));
+        }
+        Ok(uploaded.media_id)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// Sends the request and returns the JSON answer, or the error it carries.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ApiError> {
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(ApiError::Decode(format!(
+                    "answer longer than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status != 200 {
+            return Err(ApiError::Status(status));
+        }
+        parse_answer(&body)
+    }
+}
+
+/// Parses an API answer: a JSON object whose non-zero `errcode` is an error.
+pub fn parse_answer(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::Decode("not a JSON object".into()));
+    }
+    match value.get("errcode").map(Value::as_i64) {
+        None | Some(Some(0)) => Ok(value),
+        Some(Some(code)) => Err(ApiError::Platform {
+            code,
+            message: value
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect(),
+        }),
+        Some(None) => Err(ApiError::Decode("errcode is not an integer".into())),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_and_error_codes_classified() {
+        assert!(parse_answer(br#"{"errcode":0,"errmsg":"ok"}"#).is_ok());
+        assert!(parse_answer(br#"{"media_id":"m","type":"image"}"#).is_ok());
+        let class = |body: &[u8]| parse_answer(body).expect_err("error").class();
+        assert_eq!(
+            class(br#"{"errcode":40001,"errmsg":"invalid credential"}"#),
+            ErrorClass::TokenInvalid
+        );
+        assert_eq!(class(br#"{"errcode":40014}"#), ErrorClass::TokenInvalid);
+        assert_eq!(class(br#"{"errcode":42001}"#), ErrorClass::TokenInvalid);
+        assert_eq!(
+            class(br#"{"errcode":-1,"errmsg":"system error"}"#),
+            ErrorClass::Transient
+        );
+        assert_eq!(class(br#"{"errcode":45009}"#), ErrorClass::Transient);
+        assert_eq!(class(br#"{"errcode":45015}"#), ErrorClass::WindowClosed);
+        assert_eq!(class(br#"{"errcode":45047}"#), ErrorClass::QuotaUsed);
+        assert_eq!(class(br#"{"errcode":48001}"#), ErrorClass::Unauthorized);
+        assert_eq!(
+            class(br#"{"errcode":40007,"errmsg":"invalid media_id"}"#),
+            ErrorClass::Permanent
+        );
+    }
+
+    #[test]
+    fn hostile_answers_are_errors_not_panics() {
+        for body in [
+            &b""[..],
+            b"<html>502 Bad Gateway</html>",
+            b"[1,2,3]",
+            b"\"ok\"",
+            br#"{"errcode":"40001"}"#,
+            br#"{"errcode":1e400}"#,
+            b"\xff\xfe{",
+        ] {
+            let error = parse_answer(body).expect_err("refused");
+            assert_eq!(error.class(), ErrorClass::Transient, "{body:?}");
+        }
+        let long = format!(r#"{{"errcode":-1,"errmsg":"{}"}}"#, "x".repeat(10_000));
+        match parse_answer(long.as_bytes()) {
+            Err(ApiError::Platform { message, .. }) => assert_eq!(message.len(), 200),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ApiError::Status(502).class(), ErrorClass::Transient);
+        assert_eq!(ApiError::Status(404).class(), ErrorClass::Permanent);
+    }
+}

@@ -1,0 +1,312 @@
+//! Delivery: lease finished jobs, upload each picture as temporary media and send it as a customer-service
+//! message (or tell the follower a painting failed), retry transient errors with backoff and jitter, and keep what
+//! cannot be sent for the fetch flow. [`passive`] answers a webhook request with the picture itself.
+
+pub mod passive;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::wechat::api::{ApiError, ErrorClass};
+use crate::config::DeliverySettings;
+use crate::store::{DeliveryEnd, DeliveryTask, Hold, Store, StoreError};
+use token::TokenService;
+
+/// Why a delivery step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// WeChat's API refused or did not answer.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The finished job has no stored picture.
+    #[error("job {0} has no stored picture")]
+    MissingPicture(i64),
+}
+
+/// The file name a picture is uploaded under (WeChat wants an extension).
+pub fn upload_name(job_id: i64) -> String {
+    format!("huabi-{job_id}.jpg")
+}
+
+/// Seconds to wait before delivery attempt `attempt + 1`: base·2^(attempt−1), capped, with ±50 % jitter.
+pub fn backoff_secs(settings: &DeliverySettings, attempt: i32, jitter: f64) -> f64 {
+    let exponent = attempt.clamp(1, 30) - 1;
+    let plain = (settings.backoff_base_secs * 2f64.powi(exponent)).min(settings.backoff_max_secs);
+    plain * (0.5 + jitter.clamp(0.0, 1.0))
+}
+
+/// What to record after a failed attempt: retry later, or keep the picture for the fetch flow.
+pub fn end_for<'a>(
+    error: &'a ApiError,
+    message: &'a str,
+    attempt: i32,
+    settings: &DeliverySettings,
+    jitter: f64,
+) -> DeliveryEnd<'a> {
+    let held = |hold| DeliveryEnd::Held {
+        hold,
+        error: message,
+    };
+    match error.class() {
+        ErrorClass::Transient | ErrorClass::TokenInvalid if attempt >= settings.max_attempts => {
+            held(Hold::GaveUp)
+        }
+        ErrorClass::Transient | ErrorClass::TokenInvalid => DeliveryEnd::Retry {
+            after_secs: backoff_secs(settings, attempt, jitter),
+            error: message,
+        },
+        ErrorClass::WindowClosed => held(Hold::WindowClosed),
+        ErrorClass::QuotaUsed => held(Hold::QuotaUsed),
+        ErrorClass::Unauthorized => held(Hold::PassiveOnly),
+        ErrorClass::Permanent => held(Hold::Rejected),
+    }
+}
+
+/// One deliverer: leases finished jobs and sends them through WeChat's API.
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    tokens: Arc<TokenService>,
+    id: String,
+    settings: DeliverySettings,
+    failed_text: String,
+}
+
+impl Deliverer {
+    /// A deliverer named `id` (the name on its leases).
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: Arc<TokenService>,
+        id: String,
+        settings: DeliverySettings,
+        failed_text: String,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            id,
+            settings,
+            failed_text,
+        }
+    }
+
+    /// The name on this deliverer's leases.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Leases up to `concurrency` finished jobs and delivers them concurrently; returns how many it leased.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let tasks = self
+            .store
+            .lease_deliveries(
+                &self.id,
+                self.settings.concurrency as i64,
+                self.settings.lease_secs,
+            )
+            .await?;
+        let leased = tasks.len();
+        let results = futures::future::join_all(tasks.into_iter().map(|t| self.deliver(t))).await;
+        for result in results {
+            result?;
+        }
+        Ok(leased)
+    }
+
+    /// One delivery attempt, recorded in the store whatever happens.
+    async fn deliver(&self, task: DeliveryTask) -> Result<(), StoreError> {
+        let app_id = self.tokens.api().app_id();
+        let passive_only =
+            self.settings.passive_only || self.store.wechat_account(app_id).await?.passive_only;
+        let outcome = if passive_only {
+            Err(DeliverError::Api(ApiError::Platform {
+                code: 48001,
+                message: "account is passive-only: kept for the fetch flow".into(),
+            }))
+        } else if task.is_picture() {
+            self.send_picture(&task).await
+        } else {
+            let (text, user) = (self.failed_text.as_str(), task.user_id.as_str());
+            let api = self.tokens.api();
+            self.tokens
+                .call(|t| async move { api.send_text(&t, user, text).await })
+                .await
+        };
+        let message;
+        let end = match &outcome {
+            Ok(()) => DeliveryEnd::Sent,
+            Err(DeliverError::Api(error)) => {
+                message = error.to_string();
+                if error.class() == ErrorClass::Unauthorized && !passive_only {
+                    tracing::warn!(%error, "WeChat refused the customer-service API (48001): switching the account to passive-only delivery (取图)");
+                    self.store.set_passive_only(app_id, true).await?;
+                }
+                end_for(
+                    error,
+                    &message,
+                    task.delivery_attempts,
+                    &self.settings,
+                    rand::random(),
+                )
+            }
+            Err(DeliverError::Store(e)) => {
+                message = e.to_string();
+                DeliveryEnd::Retry {
+                    after_secs: backoff_secs(
+                        &self.settings,
+                        task.delivery_attempts,
+                        rand::random(),
+                    ),
+                    error: &message,
+                }
+            }
+            Err(e @ DeliverError::MissingPicture(_)) => {
+                message = e.to_string();
+                DeliveryEnd::Held {
+                    hold: Hold::Rejected,
+                    error: &message,
+                }
+            }
+        };
+        let label = match end {
+            DeliveryEnd::Sent => "sent",
+            DeliveryEnd::Retry { .. } => "retry",
+            DeliveryEnd::Held { hold, .. } => hold.as_str(),
+        };
+        metrics::counter!("huabi_deliveries_total", "outcome" => label).increment(1);
+        match end {
+            DeliveryEnd::Sent => {
+                tracing::debug!(job = task.job_id, picture = task.is_picture(), "delivered")
+            }
+            _ => {
+                tracing::warn!(
+                    job = task.job_id,
+                    attempt = task.delivery_attempts,
+                    ?end,
+                    "not delivered"
+                )
+            }
+        }
+        if !self
+            .store
+            .finish_delivery(task.job_id, &self.id, end)
+            .await?
+        {
+            tracing::warn!(
+                job = task.job_id,
+                "delivery lease lost; another deliverer owns the job"
+            );
+        }
+        Ok(())
+    }
+
+    /// Uploads the picture (unless an earlier attempt did) and sends it.
+    async fn send_picture(&self, task: &DeliveryTask) -> Result<(), DeliverError> {
+        let api = self.tokens.api();
+        let media_id = match &task.media_id {
+            Some(media_id) => media_id.clone(),
+            None => {
+                let jpeg = self
+                    .store
+                    .job_image(task.job_id)
+                    .await?
+                    .ok_or(DeliverError::MissingPicture(task.job_id))?;
+                let name = upload_name(task.job_id);
+                let media_id = self
+                    .tokens
+                    .call(|t| {
+                        let (jpeg, name) = (jpeg.clone(), name.as_str());
+                        async move { api.upload_image(&t, jpeg, name).await }
+                    })
+                    .await?;
+                self.store
+                    .save_media_id(task.job_id, &self.id, &media_id)
+                    .await?;
+                media_id
+            }
+        };
+        let (media_id, user) = (media_id.as_str(), task.user_id.as_str());
+        self.tokens
+            .call(|t| async move { api.send_image(&t, user, media_id).await })
+            .await
+    }
+
+    /// Delivers until `stop`, sleeping between rounds until a job finishes (`finished`) or the poll tick.
+    /// On stop, deliveries in hand finish and the lease of anything not started is given back.
+    pub async fn run(
+        self,
+        mut finished: broadcast::Receiver<i64>,
+        stop: CancellationToken,
+        poll: Duration,
+    ) {
+        while !stop.is_cancelled() {
+            match self.run_once().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "deliverer could not reach the store"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = finished.recv() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        if let Err(e) = self.store.release_leases(&self.id).await {
+            tracing::warn!(error = %e, "could not release delivery leases; they expire on their own");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn settings() -> DeliverySettings {
+        Settings::load_from(Default::default())
+            .expect("defaults")
+            .delivery
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let s = settings();
+        assert_eq!(backoff_secs(&s, 1, 0.5), 1.0);
+        assert_eq!(backoff_secs(&s, 2, 0.5), 2.0);
+        assert_eq!(backoff_secs(&s, 4, 0.5), 8.0);
+        assert_eq!(backoff_secs(&s, 20, 0.5), 60.0);
+        assert_eq!(backoff_secs(&s, 3, 0.0), 2.0);
+        assert_eq!(backoff_secs(&s, 3, 1.0), 6.0);
+        assert_eq!(backoff_secs(&s, -5, 0.5), 1.0);
+    }
+
+    #[test]
+    fn errors_map_to_retry_or_hold() {
+        let s = settings();
+        let code = |code| ApiError::Platform {
+            code,
+            message: String::new(),
+        };
+        let end = |e: &ApiError, attempt| match end_for(e, "", attempt, &s, 0.5) {
+            DeliveryEnd::Retry { .. } => "retry",
+            DeliveryEnd::Held { hold, .. } => hold.as_str(),
+            DeliveryEnd::Sent => "sent",
+        };
+        assert_eq!(end(&code(-1), 1), "retry");
+        assert_eq!(end(&code(45009), 3), "retry");
+        assert_eq!(end(&ApiError::Transport("timeout".into()), 2), "retry");
+        assert_eq!(end(&ApiError::Status(503), 2), "retry");
+        assert_eq!(end(&code(40001), 1), "retry");
+        assert_eq!(end(&code(-1), s.max_attempts), "gave_up");
+        assert_eq!(end(&code(45015), 1), "window_closed");
+        assert_eq!(end(&code(45047), 1), "quota_used");
+        assert_eq!(end(&code(48001), 1), "passive_only");
+        assert_eq!(end(&code(40003), 1), "rejected");
+    }
+}
