@@ -1,0 +1,349 @@
+//! From signed message to picture at WeChat's API: `huabi` with all three roles on the real engine and small model,
+//! talking to the in-process stand-in for WeChat's API — on PostgreSQL and SQLite. Also: faults at the API, the
+//! fast path (the passive reply is the picture), passive-only accounts and 取图, and the one failure notice.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use huabi::app::Role;
+use huabi::standin::{Fault, Record, StandIn, StandInOptions};
+
+use crate::helpers::*;
+
+pub const APP_SECRET: &str = "standin-secret";
+
+/// Starts a stand-in for the test account; returns it and its base URL.
+pub async fn start_standin(options: StandInOptions) -> (StandIn, String) {
+    let stand_in = StandIn::new(StandInOptions {
+        app_id: APP_ID.into(),
+        secret: APP_SECRET.into(),
+        ..options
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(stand_in.clone().serve(listener));
+    (stand_in, base)
+}
+
+/// Environment for an app that paints small pictures fast and delivers to `api_base`.
+fn delivering(api_base: &str, fast_path_secs: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "HUABI__ENGINE__MODEL_DIR",
+            format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR")),
+        ),
+        ("HUABI__ENGINE__THREADS", "2".into()),
+        ("HUABI__ENGINE__AIGC_PROVIDER", "huabi-delivery".into()),
+        ("HUABI__JOBS__WIDTH", "64".into()),
+        ("HUABI__JOBS__HEIGHT", "64".into()),
+        ("HUABI__JOBS__STEPS", "2".into()),
+        ("HUABI__WECHAT__API_BASE", api_base.into()),
+        ("HUABI__WECHAT__APP_SECRET", APP_SECRET.into()),
+        ("HUABI__DELIVERY__FAST_PATH_SECS", fast_path_secs.into()),
+        ("HUABI__DELIVERY__POLL_SECS", "0.2".into()),
+        ("HUABI__DELIVERY__BACKOFF_BASE_SECS", "0.05".into()),
+        ("HUABI__DELIVERY__BACKOFF_MAX_SECS", "0.4".into()),
+    ]
+}
+
+async fn spawn_delivering(
+    backend: Backend,
+    env: &[(&'static str, String)],
+    extra: &[(&'static str, &str)],
+) -> TestApp {
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    spawn_app_roles(backend, &all, &[Role::Web, Role::Worker, Role::Deliver]).await
+}
+
+/// Waits until the stand-in's record satisfies `done`.
+async fn wait_for(
+    stand_in: &StandIn,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&Record) -> bool,
+) -> Record {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let record = stand_in.record();
+        if done(&record) {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {} sends, {} uploads, refused {:?}",
+            record.sends.len(),
+            record.uploads.len(),
+            record.refused
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Image sends per follower.
+fn images_per_user(record: &Record) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for send in record.sends.iter().filter(|s| s.msgtype == "image") {
+        *counts.entry(send.touser.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A delivered picture: a whole JPEG, at most 2 MB, with the AIGC record naming the provider.
+fn assert_labelled_jpeg(jpeg: &[u8]) {
+    assert!(jpeg.starts_with(&[0xFF, 0xD8, 0xFF]) && jpeg.ends_with(&[0xFF, 0xD9]));
+    assert!(jpeg.len() <= 2 * 1024 * 1024);
+    let text = String::from_utf8_lossy(jpeg);
+    assert!(
+        text.contains("AIGC") && text.contains("huabi-delivery"),
+        "AIGC metadata"
+    );
+}
+
+/// The MediaId of a plaintext image reply.
+fn media_id_of(reply: &str) -> Option<String> {
+    let fields = huabi::channel::wechat::xml::parse(reply.as_bytes()).ok()?;
+    if fields.get("MsgType") != Some("image") {
+        return None;
+    }
+    let start = reply.find("<MediaId><![CDATA[")? + "<MediaId><![CDATA[".len();
+    let end = start + reply[start..].find("]]>")?;
+    Some(reply[start..end].to_string())
+}
+
+async fn every_message_becomes_one_picture_at_the_api(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let app = spawn_delivering(backend, &delivering(&base, "0"), &[]).await;
+    let users: Vec<String> = (0..5).map(|n| format!("o_follower_{n}")).collect();
+    for (n, user) in users.iter().enumerate() {
+        let (status, body) = app
+            .post_plain(&text_xml(user, 9100 + n as u64, "中秋 嫦娥抱玉兔"))
+            .await;
+        assert_eq!(status, 200);
+        assert!(body.contains("收到"), "{body}");
+    }
+    let record = wait_for(&stand_in, 60, "5 pictures", |r| r.sends.len() >= 5).await;
+    let per_user = images_per_user(&record);
+    assert_eq!(per_user.len(), 5);
+    assert!(per_user.values().all(|&n| n == 1), "{per_user:?}");
+    for send in &record.sends {
+        assert!(users.contains(&send.touser));
+        assert_labelled_jpeg(send.jpeg.as_deref().expect("picture"));
+    }
+    assert!(
+        record
+            .uploads
+            .iter()
+            .all(|u| !u.permanent && u.filename.ends_with(".jpg"))
+    );
+    assert_eq!(record.tokens_issued, 1, "one token for everything");
+    assert_eq!(record.token_requests, 1, "fetched once, shared");
+    for job in app.store.recent_jobs(10).await.expect("jobs") {
+        assert_eq!(
+            app.store
+                .job_status(job.id)
+                .await
+                .expect("status")
+                .as_deref(),
+            Some("delivered")
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(stand_in.record().sends.len(), 5, "nothing is sent twice");
+}
+
+async fn the_fast_path_answers_with_the_picture_itself(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let app = spawn_delivering(backend, &delivering(&base, "3.5"), &[]).await;
+    let message = text_xml("o_fast", 9200, "月下的桂花树");
+    let started = Instant::now();
+    let (status, reply) = app.post_plain(&message).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    let media_id = media_id_of(&reply).unwrap_or_else(|| panic!("an image reply: {reply}"));
+    assert!(took < Duration::from_millis(4500), "answered in {took:?}");
+    eprintln!("fast path: picture in the passive reply after {took:?}");
+    let record = stand_in.record();
+    assert_eq!(record.uploads.len(), 1);
+    assert_eq!(record.uploads[0].media_id, media_id);
+    // WeChat's retry of the same message gets the same picture, and nothing else happens.
+    let (_, again) = app.post_plain(&message).await;
+    assert_eq!(media_id_of(&again).as_deref(), Some(media_id.as_str()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let record = stand_in.record();
+    assert!(
+        record.sends.is_empty(),
+        "delivered once, passively: {:?}",
+        record.sends
+    );
+    assert_eq!(record.uploads.len(), 1);
+    let job = &app.store.recent_jobs(1).await.expect("jobs")[0];
+    assert_eq!(
+        app.store
+            .job_status(job.id)
+            .await
+            .expect("status")
+            .as_deref(),
+        Some("delivered")
+    );
+}
+
+async fn a_failed_painting_is_told_once(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let app = spawn_delivering(
+        backend,
+        &delivering(&base, "0"),
+        &[("HUABI__ENGINE__MAX_PROMPT_CHARS", "8")],
+    )
+    .await;
+    let (status, _) = app
+        .post_plain(&text_xml(
+            "o_unlucky",
+            9300,
+            "a prompt much longer than eight characters",
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let record = wait_for(&stand_in, 60, "the failure notice", |r| !r.sends.is_empty()).await;
+    assert_eq!(record.sends[0].msgtype, "text");
+    assert_eq!(record.sends[0].touser, "o_unlucky");
+    assert!(
+        record.sends[0]
+            .text
+            .as_deref()
+            .is_some_and(|t| t.contains("没能画成"))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stand_in.record().sends.len(), 1, "told once");
+    assert!(stand_in.record().uploads.is_empty());
+}
+
+async fn passive_only_accounts_keep_pictures_for_fetch(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions {
+        passive_only: true,
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_delivering(backend, &delivering(&base, "0"), &[]).await;
+    let (status, _) = app.post_plain(&text_xml("o_passive", 9400, "灯笼")).await;
+    assert_eq!(status, 200);
+    // The deliverer's upload is refused with 48001; the account turns passive-only and the picture waits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !app
+        .store
+        .wechat_account(APP_ID)
+        .await
+        .expect("account")
+        .passive_only
+    {
+        assert!(
+            Instant::now() < deadline,
+            "48001 never switched the account"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Until the deliverer has let go of the job, 取图 says it is on its way.
+    let mut answered = None;
+    for attempt in 0..50 {
+        let fetch = text_xml("o_passive", 9401 + attempt, "取图");
+        let (status, reply) = app.post_plain(&fetch).await;
+        assert_eq!(status, 200);
+        if let Some(id) = media_id_of(&reply) {
+            answered = Some((fetch, id));
+            break;
+        }
+        assert!(
+            reply.contains("稍等") || reply.contains("准备中"),
+            "{reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (fetch, media_id) = answered.expect("取图 answered with the picture");
+    let (_, again) = app.post_plain(&fetch).await;
+    assert_eq!(
+        media_id_of(&again).as_deref(),
+        Some(media_id.as_str()),
+        "a retry gets the same picture"
+    );
+    let record = stand_in.record();
+    let upload = record
+        .uploads
+        .iter()
+        .find(|u| u.media_id == media_id)
+        .expect("uploaded");
+    assert!(
+        upload.permanent,
+        "passive-only accounts upload permanent material"
+    );
+    assert!(record.sends.is_empty());
+    let (_, nothing) = app.post_plain(&text_xml("o_passive", 9500, "取图")).await;
+    assert!(nothing.contains("没有"), "nothing left: {nothing}");
+}
+
+async fn faults_at_the_api_still_deliver_each_picture_once(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions {
+        fault_rate: 0.3,
+        faults: vec![Fault::Busy, Fault::RateLimit, Fault::Token, Fault::Timeout],
+        stall: Duration::from_millis(1500),
+        seed: 7,
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_delivering(
+        backend,
+        &delivering(&base, "0"),
+        &[
+            ("HUABI__DELIVERY__API_TIMEOUT_SECS", "0.5"),
+            ("HUABI__DELIVERY__MAX_ATTEMPTS", "40"),
+        ],
+    )
+    .await;
+    let n = 12;
+    for i in 0..n {
+        let (status, _) = app
+            .post_plain(&text_xml(&format!("o_fault_{i}"), 9600 + i, "玉兔"))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let record = wait_for(&stand_in, 120, "12 pictures through faults", |r| {
+        r.sends.len() >= n as usize
+    })
+    .await;
+    let per_user = images_per_user(&record);
+    assert_eq!(per_user.len(), n as usize);
+    assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
+    eprintln!(
+        "faults: {} of {} calls; {} token expiries, {} tokens issued, {} stable_token answers, {} stale-token calls",
+        record.faults,
+        record.calls,
+        record.token_expiries,
+        record.tokens_issued,
+        record.token_requests,
+        record.stale_token_calls
+    );
+    assert!(record.faults >= 5, "faults were injected");
+    assert!(
+        record.tokens_issued <= record.token_expiries + 1,
+        "one refresh per real expiry"
+    );
+    assert_eq!(
+        record.token_requests, record.tokens_issued,
+        "no stable_token call without an expiry behind it"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stand_in.record().sends.len(),
+        n as usize,
+        "nothing sent twice"
+    );
+}
+
+on_both_databases!(
+    every_message_becomes_one_picture_at_the_api,
+    the_fast_path_answers_with_the_picture_itself,
+    a_failed_painting_is_told_once,
+    passive_only_accounts_keep_pictures_for_fetch,
+    faults_at_the_api_still_deliver_each_picture_once,
+);
