@@ -59,7 +59,7 @@ async fn spawn_delivering(
 }
 
 /// Waits until the stand-in's record satisfies `done`.
-async fn wait_for(
+pub async fn wait_for(
     stand_in: &StandIn,
     secs: u64,
     what: &str,
@@ -83,7 +83,7 @@ async fn wait_for(
 }
 
 /// Image sends per follower.
-fn images_per_user(record: &Record) -> HashMap<String, usize> {
+pub fn images_per_user(record: &Record) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for send in record.sends.iter().filter(|s| s.msgtype == "image") {
         *counts.entry(send.touser.clone()).or_insert(0) += 1;

@@ -1,5 +1,6 @@
 //! Failover on PostgreSQL with two `huabi serve` processes: kill -9 the one painting a job; the other takes the job
-//! over once the lease expires and finishes it; the picture is stored once.
+//! over once the lease expires and finishes it; the picture is stored once. Kill a web node while messages arrive:
+//! WeChat's retries reach the other web node; every follower gets exactly one picture.
 
 use std::time::{Duration, Instant};
 
@@ -7,13 +8,17 @@ use sqlx::Connection;
 
 use crate::helpers::*;
 
-/// A node whose jobs take long enough (256², 40 steps, one thread) to be killed mid-batch; lease 2 s.
-fn start(db_url: &str, port: u16, roles: &str) -> tokio::process::Child {
+/// A node whose jobs take long enough (256², 40 steps, one thread) to be killed mid-batch; lease 2 s; delivering to
+/// the WeChat API stand-in at `api_base`.
+fn start(db_url: &str, port: u16, roles: &str, api_base: &str) -> tokio::process::Child {
     start_serve(
         db_url,
         port,
         roles,
         &[
+            ("HUABI__WECHAT__API_BASE", api_base),
+            ("HUABI__WECHAT__APP_SECRET", crate::delivery::APP_SECRET),
+            ("HUABI__DELIVERY__FAST_PATH_SECS", "0"),
             ("HUABI__ENGINE__THREADS", "1"),
             ("HUABI__JOBS__WIDTH", "256"),
             ("HUABI__JOBS__HEIGHT", "256"),
@@ -26,10 +31,11 @@ fn start(db_url: &str, port: u16, roles: &str) -> tokio::process::Child {
 #[tokio::test]
 async fn killing_the_painting_worker_hands_the_job_to_the_other() {
     let db = TestDb::new(Backend::Postgres).await;
+    let (stand_in, base) = crate::delivery::start_standin(Default::default()).await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start(&db.url, port_a, "web,worker");
+    let mut a = start(&db.url, port_a, "web,worker,deliver", &base);
     wait_ready(port_a, &mut a).await;
-    let mut b = start(&db.url, port_b, "worker");
+    let mut b = start(&db.url, port_b, "worker,deliver", &base);
     wait_ready(port_b, &mut b).await;
 
     let body = text_xml("o_failover", 424242, "月亮");
@@ -94,7 +100,7 @@ async fn killing_the_painting_worker_hands_the_job_to_the_other() {
             .fetch_one(&mut conn)
             .await
             .expect("query");
-        if status == "done" {
+        if status == "delivered" {
             break;
         }
         assert!(
@@ -109,6 +115,14 @@ async fn killing_the_painting_worker_hands_the_job_to_the_other() {
         .await
         .expect("query");
     assert_eq!(images, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = stand_in.record();
+    assert_eq!(
+        record.sends.len(),
+        1,
+        "the follower gets exactly one picture"
+    );
+    assert_eq!(record.sends[0].touser, "o_failover");
     assert!(
         survivor.try_wait().expect("status").is_none(),
         "the survivor keeps running"
@@ -119,7 +133,7 @@ async fn killing_the_painting_worker_hands_the_job_to_the_other() {
 async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
     let db = TestDb::new(Backend::Postgres).await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start(&db.url, port_a, "web");
+    let mut a = start(&db.url, port_a, "web", "http://127.0.0.1:9");
     wait_ready(port_a, &mut a).await;
     // The worker's poll tick is 60 s: only the notification can wake it in time.
     let mut b = start_serve(
@@ -164,4 +178,75 @@ async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
         "admitted on the web node, painted on the worker node {:?} later",
         posted.elapsed()
     );
+}
+
+#[tokio::test]
+async fn killing_a_web_node_loses_and_duplicates_nothing() {
+    use crate::delivery::{APP_SECRET, images_per_user, start_standin, wait_for};
+    let db = TestDb::new(Backend::Postgres).await;
+    let (stand_in, base) = start_standin(Default::default()).await;
+    let env = [
+        ("HUABI__WECHAT__API_BASE", base.as_str()),
+        ("HUABI__WECHAT__APP_SECRET", APP_SECRET),
+        ("HUABI__DELIVERY__FAST_PATH_SECS", "0"),
+        ("HUABI__DELIVERY__POLL_SECS", "0.2"),
+        ("HUABI__JOBS__WIDTH", "64"),
+        ("HUABI__JOBS__HEIGHT", "64"),
+        ("HUABI__JOBS__STEPS", "2"),
+    ];
+    let (port_a, port_b, port_c) = (free_port(), free_port(), free_port());
+    let mut a = start_serve(&db.url, port_a, "web", &env);
+    let mut b = start_serve(&db.url, port_b, "web", &env);
+    let mut c = start_serve(&db.url, port_c, "worker,deliver", &env);
+    wait_ready(port_a, &mut a).await;
+    wait_ready(port_b, &mut b).await;
+    wait_ready(port_c, &mut c).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let n = 40u64;
+    for i in 0..n {
+        if i == 20 {
+            a.start_kill().expect("kill -9");
+            a.wait().await.expect("reaped");
+        }
+        let body = text_xml(&format!("o_web_{i}"), 50_000 + i, "月饼");
+        let query = plain_query(now(), "n");
+        // WeChat delivers to A first; its retries (3 deliveries in all) land on B. For messages 15..20 A's answer
+        // is lost on the way back, so WeChat retries although A admitted the message.
+        let mut acked = false;
+        for (attempt, port) in [port_a, port_b, port_b].into_iter().enumerate() {
+            let sent = client
+                .post(format!("http://127.0.0.1:{port}/webhook/wechat"))
+                .query(&query)
+                .body(body.clone())
+                .send()
+                .await;
+            if matches!(&sent, Ok(r) if r.status() == 200) {
+                acked = true;
+                if !((15..20).contains(&i) && attempt == 0) {
+                    break;
+                }
+            }
+        }
+        assert!(acked, "message {i} was never acknowledged");
+    }
+    let record = wait_for(&stand_in, 90, "40 pictures", |r| {
+        r.sends.len() >= n as usize
+    })
+    .await;
+    let per_user = images_per_user(&record);
+    assert_eq!(per_user.len(), n as usize);
+    assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stand_in.record().sends.len(), n as usize, "nothing twice");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let (inbound, jobs): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM jobs WHERE status = 'delivered')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("counts");
+    assert_eq!((inbound, jobs), (n as i64, n as i64));
 }
