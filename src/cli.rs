@@ -94,6 +94,16 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send a burst of messages from distinct followers to a running deployment (database: HUABI__DATABASE__URL),
+    /// wait for every picture, and report ack→delivery p50/p95, pictures/s and batch sizes from the jobs' timelines.
+    Burst {
+        /// What to send.
+        #[command(flatten)]
+        options: bench::burst::BurstOptions,
+        /// Print JSON instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a running `huabi serve` with signed plaintext text messages (distinct MsgIds) and report
     /// acknowledgements per second and latency percentiles.
     Ack {
@@ -194,6 +204,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(duration),
             })
             .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Burst { options, json }) => {
+            let settings = load_settings()?;
+            let store = store::connect(&settings.database).await?;
+            let report = bench::burst::run_burst(store, options).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -271,6 +271,19 @@ pub struct AccountState {
     pub passive_only: bool,
 }
 
+/// The timeline of one job, for benchmarks and operators.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobTiming {
+    /// Job status.
+    pub status: String,
+    /// Admission time, unix seconds.
+    pub created_s: f64,
+    /// Delivery time, unix seconds.
+    pub delivered_s: Option<f64>,
+    /// Jobs painted in the same engine pass.
+    pub batch_size: Option<i32>,
+}
+
 /// Counts of what is stored, for tests and operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -295,6 +308,8 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError>;
     /// Row counts.
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// The timelines of the jobs of followers whose id starts with `user_prefix`.
+    async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError>;
     /// Leases up to `max` jobs sharing the oldest eligible job's painting parameters (queued ones, or running ones
     /// whose lease expired, with attempts left), oldest first, for `lease_secs`.
     async fn lease_jobs(

@@ -8,8 +8,8 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
-    JobFate, JobRow, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError, Submission,
-    Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
+    JobFate, JobRow, JobTiming, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError,
+    Submission, Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -175,6 +175,17 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT status, extract(epoch FROM created_at)::float8 AS created_s,
+                    extract(epoch FROM delivered_at)::float8 AS delivered_s, batch_size
+             FROM jobs WHERE left(user_id, length($1)) = $1",
+        )
+        .bind(user_prefix)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn lease_jobs(

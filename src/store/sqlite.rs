@@ -13,8 +13,8 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
-    JobFate, JobRow, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError, Submission,
-    Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
+    JobFate, JobRow, JobTiming, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError,
+    Submission, Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -180,6 +180,17 @@ impl Store for SqliteStore {
         .fetch_one(&self.reader)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT status, (julianday(created_at) - 2440587.5) * 86400.0 AS created_s,
+                    (julianday(delivered_at) - 2440587.5) * 86400.0 AS delivered_s, batch_size
+             FROM jobs WHERE substr(user_id, 1, length(?1)) = ?1",
+        )
+        .bind(user_prefix)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     async fn lease_jobs(

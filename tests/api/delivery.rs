@@ -282,6 +282,51 @@ async fn passive_only_accounts_keep_pictures_for_fetch(backend: Backend) {
     assert!(nothing.contains("没有"), "nothing left: {nothing}");
 }
 
+async fn with_fetch_on_any_message_the_next_prompt_fetches_the_waiting_picture(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let app = spawn_delivering(
+        backend,
+        &delivering(&base, "0"),
+        &[
+            ("HUABI__DELIVERY__PASSIVE_ONLY", "true"),
+            ("HUABI__DELIVERY__FETCH_ON_ANY_MESSAGE", "true"),
+        ],
+    )
+    .await;
+    let (_, first) = app.post_plain(&text_xml("o_any", 9700, "桂花")).await;
+    assert!(
+        first.contains("取图"),
+        "passive-only accounts say how to fetch: {first}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 9701;
+    let media_id = loop {
+        let (_, reply) = app.post_plain(&text_xml("o_any", n, "团圆")).await;
+        if let Some(id) = media_id_of(&reply) {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered with the waiting picture"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        stand_in
+            .record()
+            .uploads
+            .iter()
+            .any(|u| u.media_id == media_id && u.permanent)
+    );
+    let jobs = app.store.recent_jobs(100).await.expect("jobs");
+    assert_eq!(
+        jobs.len() as u64,
+        n - 9700 + 1,
+        "every message is still painted"
+    );
+}
+
 async fn faults_at_the_api_still_deliver_each_picture_once(backend: Backend) {
     let (stand_in, base) = start_standin(StandInOptions {
         fault_rate: 0.3,
@@ -345,5 +390,6 @@ on_both_databases!(
     the_fast_path_answers_with_the_picture_itself,
     a_failed_painting_is_told_once,
     passive_only_accounts_keep_pictures_for_fetch,
+    with_fetch_on_any_message_the_next_prompt_fetches_the_waiting_picture,
     faults_at_the_api_still_deliver_each_picture_once,
 );

@@ -1,5 +1,8 @@
 //! `huabi bench ack`: a load generator for the webhook's acknowledgement path. Sends signed plaintext text
 //! messages with distinct MsgIds and reports acknowledgements per second and latency percentiles.
+//! `huabi bench engine` times the engine; `huabi bench burst` ([`burst`]) times message-to-delivery.
+
+pub mod burst;
 
 use std::fmt;
 use std::sync::Arc;
