@@ -2,7 +2,7 @@
 //! `material/add_material`, `material/del_material`, `message/custom/send`), for tests and for trying huabi
 //! without an account (`huabi standin`). It checks requests the way WeChat does (token, multipart field `media`,
 //! a file name with an extension, JPEG ≤ 2 MB, known media ids), records what it received, and injects faults:
-//! busy (-1), rate limit (45009), a real token expiry (the current token stops working: 42001), and stalls
+//! busy (-1), rate limit (45009), a real token expiry (the current token stops working: 40001), and stalls
 //! longer than the caller's timeout.
 
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ pub enum Fault {
     Busy,
     /// `45009`, API rate limit reached.
     RateLimit,
-    /// The current access token expires for real; the call fails with `42001`.
+    /// The current access token expires for real; the call fails with `40001`.
     Token,
     /// No answer within the caller's timeout (the call is not acted on).
     Timeout,
@@ -243,7 +243,10 @@ impl StandIn {
                     token.valid = false;
                     state.record.token_expiries += 1;
                 }
-                Injected::Answer(error(42001, "access_token expired"))
+                Injected::Answer(error(
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                ))
             }
             Fault::Timeout => Injected::Stall,
         })
