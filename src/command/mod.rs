@@ -1,5 +1,7 @@
 //! Turns a follower's message into what huabi does about it: paint, help, welcome or nothing. Pure.
-//! (The full command grammar and campaigns come later; this is the first slice.)
+//! [`grammar`] parses text into a [`grammar::Command`].
+
+pub mod grammar;
 
 use crate::channel::{Event, InboundKind, Reply};
 use crate::config::ReplySettings;
