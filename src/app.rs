@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::wechat::WechatChannel;
 use crate::channel::wechat::api::WechatApi;
+use crate::command::grammar::Grammar;
 use crate::config::Settings;
 use crate::deliver::Deliverer;
 use crate::deliver::passive::PassiveReplies;
@@ -126,6 +127,11 @@ impl App {
                 finished.clone(),
             ))
         });
+        let grammar = Arc::new(Grammar::new(
+            &settings.replies.help_keywords,
+            &settings.delivery.fetch_keywords,
+            &[],
+        ));
         let state = AppState {
             store,
             wechat: Arc::new(wechat),
@@ -134,6 +140,7 @@ impl App {
             wake_workers: Arc::new(Notify::new()),
             announce_jobs: Arc::new(Notify::new()),
             passive,
+            grammar,
         };
         Ok(Self {
             listener,

@@ -197,6 +197,18 @@ pub struct ReplySettings {
     pub fetch_nothing: String,
     /// Fetch, when the picture could not be uploaded right now.
     pub fetch_retry: String,
+    /// 额度 while no daily limit is configured.
+    pub quota_unlimited: String,
+    /// 进度 with paintings queued; `{open}`, `{ahead}` and `{eta}` are filled in.
+    pub status_queued: String,
+    /// 进度 with nothing queued.
+    pub status_idle: String,
+    /// 重画 with no earlier request.
+    pub again_nothing: String,
+    /// A prompt longer than the engine takes; `{max}` is filled in.
+    pub too_long: String,
+    /// A message the grammar refused; `{detail}` says why.
+    pub bad_command: String,
 }
 
 /// `[log]`.

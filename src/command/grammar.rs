@@ -308,7 +308,10 @@ pub fn sized(base: (u32, u32), aspect: (u32, u32), max: (u32, u32)) -> (u32, u32
         let limit = (limit / 64).max(1) * 64;
         (((v / 64.0).round() as u32).max(1) * 64).min(limit)
     };
-    (snap((area * ratio).sqrt(), max.0), snap((area / ratio).sqrt(), max.1))
+    (
+        snap((area * ratio).sqrt(), max.0),
+        snap((area / ratio).sqrt(), max.1),
+    )
 }
 
 #[cfg(test)]

@@ -1,165 +1,274 @@
-//! Turns a follower's message into what huabi does about it: paint, help, welcome or nothing. Pure.
-//! [`grammar`] parses text into a [`grammar::Command`].
+//! Turns a follower's message into what huabi does about it: paint (with the options the follower gave), help,
+//! welcome, status, fetch, again, or nothing. Pure: [`grammar`] parses the text, [`plan`] decides.
 
 pub mod grammar;
 
 use crate::channel::{Event, InboundKind, Reply};
-use crate::config::ReplySettings;
+use crate::config::{ReplySettings, Settings};
+use crate::store::{NewJob, QueueStatus};
+use grammar::{Command, Grammar, PaintRequest, sized};
 
 /// What to do with one inbound message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// The prompt of the painting job to admit, if any.
-    pub job_prompt: Option<String>,
-    /// The passive reply.
-    pub reply: Reply,
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Answer; no job.
+    Reply(Reply),
+    /// Admit a painting job and answer.
+    Paint {
+        /// The job.
+        job: NewJob,
+        /// The passive reply.
+        reply: Reply,
+    },
+    /// 取图: answer with a waiting picture.
+    Fetch,
+    /// 进度: answer with the queue position.
+    Status,
+    /// 重画: paint the follower's last request again with a new seed.
+    Again,
 }
 
-impl Plan {
-    fn reply(text: &str) -> Self {
-        Self {
-            job_prompt: None,
-            reply: Reply::Text {
-                text: text.to_string(),
-            },
-        }
-    }
-
-    fn silent() -> Self {
-        Self {
-            job_prompt: None,
-            reply: Reply::None,
-        }
+fn text(text: &str) -> Reply {
+    Reply::Text {
+        text: text.to_string(),
     }
 }
 
-/// Decides the plan for a message kind.
-pub fn plan(kind: &InboundKind, replies: &ReplySettings) -> Plan {
+/// Decides the plan for a message.
+pub fn plan(kind: &InboundKind, settings: &Settings, grammar: &Grammar) -> Plan {
+    let replies = &settings.replies;
     match kind {
-        InboundKind::Text { content } => plan_text(content, replies),
+        InboundKind::Text { content } => plan_text(content, settings, grammar),
         InboundKind::Voice {
-            recognition: Some(text),
-        } => plan_text(text, replies),
-        InboundKind::Voice { recognition: None } => Plan::reply(&replies.voice_unrecognized),
-        InboundKind::Image { .. } => Plan::reply(&replies.unsupported),
-        InboundKind::Event(Event::Subscribe { .. }) => Plan::reply(&replies.welcome),
-        InboundKind::Event(Event::Click { .. }) => Plan::reply(&replies.help),
-        InboundKind::Event(_) | InboundKind::Other { .. } => Plan::silent(),
+            recognition: Some(words),
+        } => plan_text(words, settings, grammar),
+        InboundKind::Voice { recognition: None } => Plan::Reply(text(&replies.voice_unrecognized)),
+        InboundKind::Image { .. } => Plan::Reply(text(&replies.unsupported)),
+        InboundKind::Event(Event::Subscribe { .. }) => Plan::Reply(text(&replies.welcome)),
+        InboundKind::Event(Event::Click { .. }) => Plan::Reply(text(&replies.help)),
+        InboundKind::Event(_) | InboundKind::Other { .. } => Plan::Reply(Reply::None),
     }
 }
 
-fn plan_text(text: &str, replies: &ReplySettings) -> Plan {
-    let trimmed = text.trim();
-    let lowered = trimmed.to_lowercase();
-    if trimmed.is_empty()
-        || replies
-            .help_keywords
-            .iter()
-            .any(|k| k.trim().to_lowercase() == lowered)
-    {
-        return Plan::reply(&replies.help);
+fn plan_text(words: &str, settings: &Settings, grammar: &Grammar) -> Plan {
+    let replies = &settings.replies;
+    match grammar.parse(words) {
+        Ok(Command::Help) => Plan::Reply(text(&replies.help)),
+        Ok(Command::Quota) => Plan::Reply(text(&replies.quota_unlimited)),
+        Ok(Command::Status) => Plan::Status,
+        Ok(Command::Fetch) => Plan::Fetch,
+        Ok(Command::Again) => Plan::Again,
+        Ok(Command::Paint(request)) => {
+            let max_chars = settings.engine.max_prompt_chars;
+            if request.subject.chars().count() > max_chars {
+                return Plan::Reply(text(
+                    &replies.too_long.replace("{max}", &max_chars.to_string()),
+                ));
+            }
+            Plan::Paint {
+                job: job_for(&request, settings),
+                reply: received(settings),
+            }
+        }
+        Err(error) => Plan::Reply(text(
+            &replies.bad_command.replace("{detail}", &error.to_string()),
+        )),
     }
-    Plan {
-        job_prompt: Some(trimmed.to_string()),
-        reply: Reply::Text {
-            text: replies.received.clone(),
-        },
+}
+
+/// The reply to an admitted painting request.
+pub fn received(settings: &Settings) -> Reply {
+    if settings.delivery.passive_only {
+        text(&settings.replies.received_passive)
+    } else {
+        text(&settings.replies.received)
     }
+}
+
+/// The job for a painting request: the configured parameters, with the follower's options applied.
+pub fn job_for(request: &PaintRequest, settings: &Settings) -> NewJob {
+    let jobs = &settings.jobs;
+    let max = (settings.engine.max_width, settings.engine.max_height);
+    let (width, height) = match (request.aspect, request.hd) {
+        (None, false) => (jobs.width, jobs.height),
+        (aspect, hd) => {
+            let scale = if hd { 3 } else { 2 };
+            let base = (jobs.width * scale / 2, jobs.height * scale / 2);
+            sized(base, aspect.unwrap_or((jobs.width, jobs.height)), max)
+        }
+    };
+    let mut negative: Vec<&str> = Vec::new();
+    if !jobs.negative_prompt.is_empty() {
+        negative.push(&jobs.negative_prompt);
+    }
+    negative.extend(request.avoid.iter().map(String::as_str));
+    NewJob {
+        width,
+        height,
+        negative_prompt: negative.join(", "),
+        seed: request.seed.map(|s| s as i64),
+        ..NewJob::new(request.subject.clone(), jobs)
+    }
+}
+
+/// The answer to 进度.
+pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
+    if status.open == 0 {
+        return text(&replies.status_idle);
+    }
+    let eta = if status.finished_recently > 0 {
+        let per_sec = status.finished_recently as f64 / 600.0;
+        let secs = ((status.ahead + status.open) as f64 / per_sec).ceil() as u64;
+        if secs < 90 {
+            format!("{secs} 秒")
+        } else {
+            format!("{} 分钟", secs.div_ceil(60))
+        }
+    } else {
+        "片刻".to_string()
+    };
+    text(
+        &replies
+            .status_queued
+            .replace("{open}", &status.open.to_string())
+            .replace("{ahead}", &status.ahead.to_string())
+            .replace("{eta}", &eta),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
 
-    fn replies() -> ReplySettings {
-        Settings::load_from(Default::default())
-            .expect("defaults")
-            .replies
+    fn settings() -> Settings {
+        Settings::load_from(Default::default()).expect("defaults")
+    }
+
+    fn plan_for(content: &str, s: &Settings) -> Plan {
+        let grammar = Grammar::new(&s.replies.help_keywords, &s.delivery.fetch_keywords, &[]);
+        plan(
+            &InboundKind::Text {
+                content: content.into(),
+            },
+            s,
+            &grammar,
+        )
     }
 
     #[test]
     fn text_becomes_a_job_with_the_received_reply() {
-        let r = replies();
-        let p = plan(
-            &InboundKind::Text {
-                content: "  嫦娥抱玉兔 ".into(),
-            },
-            &r,
-        );
-        assert_eq!(p.job_prompt.as_deref(), Some("嫦娥抱玉兔"));
-        assert_eq!(
-            p.reply,
-            Reply::Text {
-                text: r.received.clone()
-            }
-        );
+        let s = settings();
+        let Plan::Paint { job, reply } = plan_for("  嫦娥抱玉兔 ", &s) else {
+            panic!("a job")
+        };
+        assert_eq!(job, NewJob::new("嫦娥抱玉兔", &s.jobs));
+        assert_eq!(reply, text(&s.replies.received));
     }
 
     #[test]
-    fn help_words_and_empty_text_answer_help_without_a_job() {
-        let r = replies();
-        for text in ["帮助", "HELP", " help ", "", "   ", "？"] {
-            let p = plan(
-                &InboundKind::Text {
-                    content: text.into(),
-                },
-                &r,
-            );
-            assert_eq!(p, Plan::reply(&r.help), "{text:?}");
-        }
+    fn options_shape_the_job() {
+        let s = settings();
+        let Plan::Paint { job, .. } = plan_for("月饼 横版 种子 42 不要 文字 --no blur", &s)
+        else {
+            panic!("a job")
+        };
+        assert_eq!((job.width, job.height, job.seed), (704, 384, Some(42)));
+        assert_eq!(job.negative_prompt, "文字, blur");
+        assert_eq!(job.prompt, "月饼");
+        let Plan::Paint { job, .. } = plan_for("月饼 高清", &s) else {
+            panic!("a job")
+        };
+        assert_eq!((job.width, job.height), (768, 768));
+    }
+
+    #[test]
+    fn commands_errors_and_long_prompts_answer_without_a_job() {
+        let s = settings();
+        assert_eq!(plan_for("帮助", &s), Plan::Reply(text(&s.replies.help)));
+        assert_eq!(plan_for("进度", &s), Plan::Status);
+        assert_eq!(plan_for("取图", &s), Plan::Fetch);
+        assert_eq!(plan_for("重画", &s), Plan::Again);
+        assert_eq!(
+            plan_for("额度", &s),
+            Plan::Reply(text(&s.replies.quota_unlimited))
+        );
+        let Plan::Reply(Reply::Text { text: bad }) = plan_for("猫 --seed abc", &s) else {
+            panic!("an error reply")
+        };
+        assert!(bad.contains("种子") && bad.contains("abc"), "{bad}");
+        let long = "月".repeat(s.engine.max_prompt_chars + 1);
+        let Plan::Reply(Reply::Text { text: refused }) = plan_for(&long, &s) else {
+            panic!("refused")
+        };
+        assert!(refused.contains(&s.engine.max_prompt_chars.to_string()));
     }
 
     #[test]
     fn voice_uses_recognition() {
-        let r = replies();
-        let p = plan(
-            &InboundKind::Voice {
-                recognition: Some("一只猫".into()),
-            },
-            &r,
+        let s = settings();
+        let grammar = Grammar::default();
+        let voice = |words: Option<&str>| InboundKind::Voice {
+            recognition: words.map(str::to_string),
+        };
+        assert!(
+            matches!(plan(&voice(Some("一只猫。")), &s, &grammar), Plan::Paint { job, .. } if job.prompt == "一只猫.")
         );
-        assert_eq!(p.job_prompt.as_deref(), Some("一只猫"));
-        let p = plan(&InboundKind::Voice { recognition: None }, &r);
-        assert_eq!(p, Plan::reply(&r.voice_unrecognized));
+        assert_eq!(plan(&voice(Some("取图。")), &s, &grammar), Plan::Fetch);
+        assert_eq!(
+            plan(&voice(None), &s, &grammar),
+            Plan::Reply(text(&s.replies.voice_unrecognized))
+        );
     }
 
     #[test]
     fn events_and_other_kinds() {
-        let r = replies();
+        let s = settings();
+        let g = Grammar::default();
+        let r = &s.replies;
+        let event = |e| plan(&InboundKind::Event(e), &s, &g);
         assert_eq!(
-            plan(&InboundKind::Event(Event::Subscribe { scene: None }), &r),
-            Plan::reply(&r.welcome)
+            event(Event::Subscribe { scene: None }),
+            Plan::Reply(text(&r.welcome))
+        );
+        assert_eq!(event(Event::Unsubscribe), Plan::Reply(Reply::None));
+        assert_eq!(
+            event(Event::Scan { scene: "1".into() }),
+            Plan::Reply(Reply::None)
         );
         assert_eq!(
-            plan(&InboundKind::Event(Event::Unsubscribe), &r),
-            Plan::silent()
+            event(Event::Click { key: "K".into() }),
+            Plan::Reply(text(&r.help))
         );
-        assert_eq!(
-            plan(&InboundKind::Event(Event::Scan { scene: "1".into() }), &r),
-            Plan::silent()
-        );
-        assert_eq!(
-            plan(&InboundKind::Event(Event::Click { key: "K".into() }), &r),
-            Plan::reply(&r.help)
-        );
-        assert_eq!(
-            plan(
-                &InboundKind::Other {
-                    kind: "video".into()
-                },
-                &r
-            ),
-            Plan::silent()
-        );
-        assert_eq!(
-            plan(
-                &InboundKind::Image {
-                    media_id: "m".into()
-                },
-                &r
-            ),
-            Plan::reply(&r.unsupported)
-        );
+        let other = InboundKind::Other {
+            kind: "video".into(),
+        };
+        assert_eq!(plan(&other, &s, &g), Plan::Reply(Reply::None));
+        let image = InboundKind::Image {
+            media_id: "m".into(),
+        };
+        assert_eq!(plan(&image, &s, &g), Plan::Reply(text(&r.unsupported)));
+    }
+
+    #[test]
+    fn status_reports_position_and_eta() {
+        let r = settings().replies;
+        let status = |open, ahead, finished_recently| QueueStatus {
+            open,
+            ahead,
+            finished_recently,
+        };
+        assert_eq!(status_reply(status(0, 5, 100), &r), text(&r.status_idle));
+        let Reply::Text { text: queued } = status_reply(status(1, 9, 600), &r) else {
+            panic!()
+        };
+        assert!(queued.contains('9') && queued.contains("10 秒"), "{queued}");
+        let Reply::Text { text: slow } = status_reply(status(2, 100, 60), &r) else {
+            panic!()
+        };
+        assert!(slow.contains("17 分钟"), "{slow}");
+        let Reply::Text { text: unknown } = status_reply(status(1, 3, 0), &r) else {
+            panic!()
+        };
+        assert!(unknown.contains("片刻"), "{unknown}");
     }
 }

@@ -109,15 +109,6 @@ impl PassiveReplies {
         answer
     }
 
-    /// Whether `text` asks for a waiting picture.
-    pub fn is_fetch(&self, text: &str) -> bool {
-        let wanted = text.trim().to_lowercase();
-        self.settings
-            .fetch_keywords
-            .iter()
-            .any(|k| k.trim().to_lowercase() == wanted)
-    }
-
     /// Claims the follower's oldest finished job for a fetch.
     pub async fn claim_waiting(&self, inbound: &Inbound) -> Result<Waiting, StoreError> {
         self.store

@@ -38,6 +38,8 @@ pub struct AppState {
     pub wake_workers: Arc<tokio::sync::Notify>,
     /// Wakes the announcer that tells other nodes' workers (coalesced).
     pub announce_jobs: Arc<tokio::sync::Notify>,
+    /// Parses followers' text into commands.
+    pub grammar: Arc<crate::command::grammar::Grammar>,
     /// Answers with pictures inside the reply window (fast path, 取图); `None` without an API client.
     pub passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
 }

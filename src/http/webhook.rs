@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use super::{AppState, error::ApiError};
 use crate::channel::wechat::WebhookQuery;
-use crate::channel::{Inbound, InboundKind, Reply};
-use crate::command;
+use crate::channel::{Inbound, Reply};
+use crate::command::{self, Plan};
 use crate::deliver::passive::PassiveReplies;
 use crate::store::{Admission, NewJob, Submission};
 
@@ -40,10 +40,47 @@ pub async fn receive_wechat(
     let received = state.wechat.receive(&query, &body, now())?;
     let inbound = &received.inbound;
     let passive = state.passive.as_deref().filter(|p| p.is_enabled());
-    let fetch = passive.filter(|p| text_of(&inbound.kind).is_some_and(|t| p.is_fetch(t)));
-    let reply = match fetch {
-        Some(passive) => fetch_picture(&state, passive, inbound, started).await?,
-        None => admit(&state, passive, inbound, started).await?,
+    let settings = &state.settings;
+    let reply = match command::plan(&inbound.kind, settings, &state.grammar) {
+        Plan::Reply(reply) => admit(&state, passive, inbound, started, None, reply).await?,
+        Plan::Paint { job, reply } => {
+            admit(&state, passive, inbound, started, Some(job), reply).await?
+        }
+        Plan::Fetch => match passive {
+            Some(passive) => fetch_picture(&state, passive, inbound, started).await?,
+            None => {
+                let unavailable = Reply::Text {
+                    text: settings.replies.fetch_retry.clone(),
+                };
+                admit(&state, None, inbound, started, None, unavailable).await?
+            }
+        },
+        Plan::Status => {
+            let status = state
+                .store
+                .queue_status(inbound.channel, &inbound.account, &inbound.user_id)
+                .await?;
+            let reply = command::status_reply(status, &settings.replies);
+            admit(&state, passive, inbound, started, None, reply).await?
+        }
+        Plan::Again => {
+            let last = state
+                .store
+                .last_request(inbound.channel, &inbound.account, &inbound.user_id)
+                .await?;
+            match last {
+                Some(job) => {
+                    let reply = command::received(settings);
+                    admit(&state, passive, inbound, started, Some(job), reply).await?
+                }
+                None => {
+                    let reply = Reply::Text {
+                        text: settings.replies.again_nothing.clone(),
+                    };
+                    admit(&state, passive, inbound, started, None, reply).await?
+                }
+            }
+        }
     };
     let body = state.wechat.render_reply(&received, &reply, now());
     let content_type = if reply == Reply::None {
@@ -54,17 +91,6 @@ pub async fn receive_wechat(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-/// The text a message carries (typed, or recognised from speech).
-fn text_of(kind: &InboundKind) -> Option<&str> {
-    match kind {
-        InboundKind::Text { content } => Some(content),
-        InboundKind::Voice {
-            recognition: Some(text),
-        } => Some(text),
-        _ => None,
-    }
-}
-
 /// Admits the message (and its job), then, when the job finishes within the fast-path window, answers with the
 /// picture itself. A retry of an admitted message waits on the same job instead of starting anything.
 async fn admit(
@@ -72,25 +98,18 @@ async fn admit(
     passive: Option<&PassiveReplies>,
     inbound: &Inbound,
     started: Instant,
+    job: Option<NewJob>,
+    reply: Reply,
 ) -> Result<Reply, ApiError> {
     let delivery = &state.settings.delivery;
     let fast_path = passive.filter(|_| delivery.fast_path_secs > 0.0);
-    let plan = command::plan(&inbound.kind, &state.settings.replies);
-    let job = plan.job_prompt.map(|prompt| {
-        let mut job = NewJob::new(prompt, &state.settings.jobs);
+    let job = job.map(|mut job| {
         if fast_path.is_some() {
             // Deliverers leave the job to this request until its answer window is over.
             job.deliver_after_secs = delivery.fast_path_secs + 1.0;
         }
         job
     });
-    let reply = if delivery.passive_only && job.is_some() {
-        Reply::Text {
-            text: state.settings.replies.received_passive.clone(),
-        }
-    } else {
-        plan.reply
-    };
     let submission = Submission {
         inbound,
         job,

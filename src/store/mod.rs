@@ -64,6 +64,8 @@ pub struct NewJob {
     pub scheduler: String,
     /// Guidance scale.
     pub guidance: f32,
+    /// A seed the follower chose; `None` lets the first lease pick one.
+    pub seed: Option<i64>,
     /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
     /// which the request itself may answer with the picture.
     pub deliver_after_secs: f64,
@@ -80,6 +82,7 @@ impl NewJob {
             steps: settings.steps,
             scheduler: settings.scheduler.clone(),
             guidance: settings.guidance,
+            seed: None,
             deliver_after_secs: 0.0,
         }
     }
@@ -271,6 +274,17 @@ pub struct AccountState {
     pub passive_only: bool,
 }
 
+/// Where a follower's paintings stand in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueueStatus {
+    /// The follower's jobs queued or painting.
+    pub open: i64,
+    /// Jobs of anyone queued or painting ahead of the follower's oldest open job.
+    pub ahead: i64,
+    /// Jobs finished (anyone's) in the last ten minutes: the recent throughput.
+    pub finished_recently: i64,
+}
+
 /// The timeline of one job, for benchmarks and operators.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JobTiming {
@@ -308,6 +322,20 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError>;
     /// Row counts.
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// Where the follower's paintings stand.
+    async fn queue_status(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+    ) -> Result<QueueStatus, StoreError>;
+    /// The follower's most recent painting request (for 重画), without its seed.
+    async fn last_request(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+    ) -> Result<Option<NewJob>, StoreError>;
     /// The timelines of the jobs of followers whose id starts with `user_prefix`.
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError>;
     /// Leases up to `max` jobs sharing the oldest eligible job's painting parameters (queued ones, or running ones
@@ -492,6 +520,31 @@ fn account_state(row: Option<(Option<String>, Option<i64>, bool)>) -> AccountSta
         passive_only,
     }
 }
+
+/// A stored request's parameters as a fresh [`NewJob`] (new seed, no fast-path window).
+type RequestRow = (String, String, i32, i32, i32, String, f32);
+
+fn new_job(
+    (prompt, negative_prompt, width, height, steps, scheduler, guidance): RequestRow,
+) -> NewJob {
+    let positive = |v: i32| u32::try_from(v).unwrap_or(0);
+    NewJob {
+        prompt,
+        negative_prompt,
+        width: positive(width),
+        height: positive(height),
+        steps: positive(steps),
+        scheduler,
+        guidance,
+        seed: None,
+        deliver_after_secs: 0.0,
+    }
+}
+
+/// The follower's most recent request (both DBs).
+const LAST_REQUEST: &str = "
+SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance FROM jobs
+WHERE channel = $1 AND account = $2 AND user_id = $3 ORDER BY id DESC LIMIT 1";
 
 /// A claimed `(id, status)` as [`Waiting`].
 fn waiting((job_id, status): (i64, String)) -> Waiting {

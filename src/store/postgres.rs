@@ -8,8 +8,9 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
-    JobFate, JobRow, JobTiming, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError,
-    Submission, Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
+    JobFate, JobRow, JobTiming, LAST_REQUEST, LeasedJob, NewJob, QueueStatus,
+    RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN, Store, StoreError, Submission, Waiting,
+    account_state, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -24,8 +25,8 @@ WITH inbound AS (
     RETURNING id
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after)
-    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16)
+                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17
     FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
 )
@@ -138,6 +139,7 @@ impl Store for PgStore {
             .bind(job.map(|j| &j.scheduler))
             .bind(job.map(|j| j.guidance))
             .bind(job.map(|j| j.deliver_after_secs).unwrap_or(0.0))
+            .bind(job.and_then(|j| j.seed))
             .fetch_one(&self.pool)
             .await?;
         if inbound_id.is_some() {
@@ -175,6 +177,43 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn queue_status(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+    ) -> Result<QueueStatus, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH mine AS (
+                 SELECT min(id) AS first, count(*) AS open FROM jobs
+                 WHERE channel = $1 AND account = $2 AND user_id = $3 AND status IN ('queued', 'running'))
+             SELECT mine.open AS open,
+                 (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') AND id < mine.first) AS ahead,
+                 (SELECT count(*) FROM jobs WHERE finished_at > now() - interval '10 minutes') AS finished_recently
+             FROM mine",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn last_request(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+    ) -> Result<Option<NewJob>, StoreError> {
+        let row: Option<RequestRow> = sqlx::query_as(LAST_REQUEST)
+            .bind(channel)
+            .bind(account)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(new_job))
     }
 
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError> {

@@ -13,8 +13,9 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
-    JobFate, JobRow, JobTiming, LeasedJob, RELEASE_TOKEN_REFRESH, SAVE_TOKEN, Store, StoreError,
-    Submission, Waiting, account_state, decode_reply, encode_reply, fate, source_msg_id, waiting,
+    JobFate, JobRow, JobTiming, LAST_REQUEST, LeasedJob, NewJob, QueueStatus,
+    RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN, Store, StoreError, Submission, Waiting,
+    account_state, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -137,8 +138,8 @@ impl Store for SqliteStore {
             Some(job) => {
                 let (id,): (i64,) = sqlx::query_as(
                     &format!("INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}) RETURNING id", now_plus(13)),
+                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14) RETURNING id", now_plus(13)),
                 )
                 .bind(m.channel)
                 .bind(&m.account)
@@ -153,6 +154,7 @@ impl Store for SqliteStore {
                 .bind(&job.scheduler)
                 .bind(job.guidance)
                 .bind(job.deliver_after_secs)
+                .bind(job.seed)
                 .fetch_one(&mut *tx)
                 .await?;
                 Some(id)
@@ -180,6 +182,43 @@ impl Store for SqliteStore {
         .fetch_one(&self.reader)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn queue_status(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+    ) -> Result<QueueStatus, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH mine AS (
+                 SELECT min(id) AS first, count(*) AS open FROM jobs
+                 WHERE channel = ?1 AND account = ?2 AND user_id = ?3 AND status IN ('queued', 'running'))
+             SELECT mine.open AS open,
+                 (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') AND id < mine.first) AS ahead,
+                 (SELECT count(*) FROM jobs WHERE finished_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes')) AS finished_recently
+             FROM mine",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(user_id)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    async fn last_request(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+    ) -> Result<Option<NewJob>, StoreError> {
+        let row: Option<RequestRow> = sqlx::query_as(&numbered(LAST_REQUEST))
+            .bind(channel)
+            .bind(account)
+            .bind(user_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(new_job))
     }
 
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError> {

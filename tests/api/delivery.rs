@@ -195,15 +195,12 @@ async fn a_failed_painting_is_told_once(backend: Backend) {
     let app = spawn_delivering(
         backend,
         &delivering(&base, "0"),
-        &[("HUABI__ENGINE__MAX_PROMPT_CHARS", "8")],
+        // Every request is painted at 60×60, which the engine refuses (not a multiple of 8): the job fails at once.
+        &[("HUABI__JOBS__WIDTH", "60"), ("HUABI__JOBS__HEIGHT", "60")],
     )
     .await;
     let (status, _) = app
-        .post_plain(&text_xml(
-            "o_unlucky",
-            9300,
-            "a prompt much longer than eight characters",
-        ))
+        .post_plain(&text_xml("o_unlucky", 9300, "月下的桂花树"))
         .await;
     assert_eq!(status, 200);
     let record = wait_for(&stand_in, 60, "the failure notice", |r| !r.sends.is_empty()).await;

@@ -276,7 +276,50 @@ async fn refusals_store_nothing(backend: Backend) {
     assert_eq!(app.counts().await, before, "no refusal stored anything");
 }
 
+async fn commands_and_options_reach_the_queue(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let reply_text = |body: &str| {
+        huabi::channel::wechat::xml::parse(body.as_bytes())
+            .expect("xml")
+            .get("Content")
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (_, body) = app
+        .post_plain(&text_xml("o_cmd", 1, "月饼 横版 种子 42 不要 文字"))
+        .await;
+    assert!(reply_text(&body).contains("收到"), "{body}");
+    let (_, body) = app.post_plain(&text_xml("o_cmd", 2, "进度")).await;
+    let status = reply_text(&body);
+    assert!(
+        status.contains("你有 1 张") && status.contains("前面还有 0 张"),
+        "{status}"
+    );
+    let (_, body) = app.post_plain(&text_xml("o_cmd", 3, "重画")).await;
+    assert!(reply_text(&body).contains("收到"), "{body}");
+    let (_, body) = app.post_plain(&text_xml("o_cmd", 4, "额度")).await;
+    assert!(reply_text(&body).contains("不限"), "{body}");
+    let (_, body) = app.post_plain(&text_xml("o_cmd", 5, "猫 --seed abc")).await;
+    assert!(reply_text(&body).contains("没看懂"), "{body}");
+    let (_, body) = app.post_plain(&text_xml("o_new", 6, "重画")).await;
+    assert!(reply_text(&body).contains("还没有"), "{body}");
+    assert_eq!(
+        app.counts().await.jobs,
+        2,
+        "the painting and its 重画; nothing else"
+    );
+    let leased = app.store.lease_jobs("t", 10, 30.0, 3).await.expect("lease");
+    assert_eq!(leased.len(), 2);
+    let (first, again) = (&leased[0], &leased[1]);
+    assert_eq!((first.width, first.height, first.seed), (704, 384, 42));
+    assert_eq!(first.prompt, "月饼");
+    assert_eq!(first.negative_prompt, "文字");
+    assert_eq!((again.prompt.as_str(), again.width), ("月饼", 704));
+    assert_ne!(again.seed, 42, "重画 paints with a new seed");
+}
+
 on_both_databases!(
+    commands_and_options_reach_the_queue,
     v1_url_verification_over_http,
     v1_plaintext_post_signature_over_http,
     v2_safe_mode_message_is_admitted_once_with_an_encrypted_reply,

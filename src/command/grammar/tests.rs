@@ -122,51 +122,159 @@ fn real_looking_messages_parse_as_expected() {
         ("moon:rabbit", campaign("moon", "rabbit")),
         ("我爱中秋", free("我爱中秋")),
         // Options, Chinese.
-        ("中秋 嫦娥 横版", with(campaign("中秋", "嫦娥"), Some((16, 9)), None, &[], false)),
-        ("竖版 灯笼", with(free("灯笼"), Some((9, 16)), None, &[], false)),
-        ("月饼 方图", with(free("月饼"), Some((1, 1)), None, &[], false)),
-        ("月饼 种子 42", with(free("月饼"), None, Some(42), &[], false)),
-        ("月饼 种子42", with(free("月饼"), None, Some(42), &[], false)),
-        ("月饼 种子：42", with(free("月饼"), None, Some(42), &[], false)),
-        ("月饼 不要 文字", with(free("月饼"), None, None, &["文字"], false)),
-        ("月饼 不要文字", with(free("月饼"), None, None, &["文字"], false)),
-        ("月饼 不要 文字，水印", with(free("月饼"), None, None, &["文字", "水印"], false)),
+        (
+            "中秋 嫦娥 横版",
+            with(campaign("中秋", "嫦娥"), Some((16, 9)), None, &[], false),
+        ),
+        (
+            "竖版 灯笼",
+            with(free("灯笼"), Some((9, 16)), None, &[], false),
+        ),
+        (
+            "月饼 方图",
+            with(free("月饼"), Some((1, 1)), None, &[], false),
+        ),
+        (
+            "月饼 种子 42",
+            with(free("月饼"), None, Some(42), &[], false),
+        ),
+        (
+            "月饼 种子42",
+            with(free("月饼"), None, Some(42), &[], false),
+        ),
+        (
+            "月饼 种子：42",
+            with(free("月饼"), None, Some(42), &[], false),
+        ),
+        (
+            "月饼 不要 文字",
+            with(free("月饼"), None, None, &["文字"], false),
+        ),
+        (
+            "月饼 不要文字",
+            with(free("月饼"), None, None, &["文字"], false),
+        ),
+        (
+            "月饼 不要 文字，水印",
+            with(free("月饼"), None, None, &["文字", "水印"], false),
+        ),
         ("月饼 高清", with(free("月饼"), None, None, &[], true)),
         (
             "中秋 嫦娥 横版 种子 7 不要 文字 高清",
-            with(campaign("中秋", "嫦娥"), Some((16, 9)), Some(7), &["文字"], true),
+            with(
+                campaign("中秋", "嫦娥"),
+                Some((16, 9)),
+                Some(7),
+                &["文字"],
+                true,
+            ),
         ),
         // Options, English, full-width and em-dash forms.
-        ("a cat --ar 16:9", with(free("a cat"), Some((16, 9)), None, &[], false)),
-        ("a cat --ar=3:4", with(free("a cat"), Some((3, 4)), None, &[], false)),
-        ("a cat --AR 2x3", with(free("a cat"), Some((2, 3)), None, &[], false)),
-        ("a cat －－ar １６：９", with(free("a cat"), Some((16, 9)), None, &[], false)),
-        ("a cat ——ar 16:9", with(free("a cat"), Some((16, 9)), None, &[], false)),
-        ("a cat --seed 42", with(free("a cat"), None, Some(42), &[], false)),
-        ("--seed 42 a cat", with(free("a cat"), None, Some(42), &[], false)),
-        ("a cat --seed=0", with(free("a cat"), None, Some(0), &[], false)),
-        ("a cat --no text", with(free("a cat"), None, None, &["text"], false)),
-        ("a cat --no text,watermark", with(free("a cat"), None, None, &["text", "watermark"], false)),
+        (
+            "a cat --ar 16:9",
+            with(free("a cat"), Some((16, 9)), None, &[], false),
+        ),
+        (
+            "a cat --ar=3:4",
+            with(free("a cat"), Some((3, 4)), None, &[], false),
+        ),
+        (
+            "a cat --AR 2x3",
+            with(free("a cat"), Some((2, 3)), None, &[], false),
+        ),
+        (
+            "a cat －－ar １６：９",
+            with(free("a cat"), Some((16, 9)), None, &[], false),
+        ),
+        (
+            "a cat ——ar 16:9",
+            with(free("a cat"), Some((16, 9)), None, &[], false),
+        ),
+        (
+            "a cat --seed 42",
+            with(free("a cat"), None, Some(42), &[], false),
+        ),
+        (
+            "--seed 42 a cat",
+            with(free("a cat"), None, Some(42), &[], false),
+        ),
+        (
+            "a cat --seed=0",
+            with(free("a cat"), None, Some(0), &[], false),
+        ),
+        (
+            "a cat --no text",
+            with(free("a cat"), None, None, &["text"], false),
+        ),
+        (
+            "a cat --no text,watermark",
+            with(free("a cat"), None, None, &["text", "watermark"], false),
+        ),
         ("a cat --hd", with(free("a cat"), None, None, &[], true)),
-        ("a cat --landscape", with(free("a cat"), Some((16, 9)), None, &[], false)),
-        ("a cat --no text --no blur", with(free("a cat"), None, None, &["text", "blur"], false)),
+        (
+            "a cat --landscape",
+            with(free("a cat"), Some((16, 9)), None, &[], false),
+        ),
+        (
+            "a cat --no text --no blur",
+            with(free("a cat"), None, None, &["text", "blur"], false),
+        ),
         // Malformed.
         ("横版", Want::Err(CommandError::EmptySubject)),
         ("--seed 1 --hd", Want::Err(CommandError::EmptySubject)),
-        ("a cat --seed", Want::Err(CommandError::MissingValue("种子 / --seed"))),
-        ("a cat --seed -1", Want::Err(CommandError::BadSeed("-1".into()))),
-        ("a cat --seed abc", Want::Err(CommandError::BadSeed("abc".into()))),
-        ("a cat 种子 9999999999999999999999", Want::Err(CommandError::BadSeed("9999999999999999999999".into()))),
-        ("a cat --seed 4503599627370496", Want::Err(CommandError::BadSeed("4503599627370496".into()))),
-        ("a cat --ar 16", Want::Err(CommandError::BadAspect("16".into()))),
-        ("a cat --ar 0:1", Want::Err(CommandError::BadAspect("0:1".into()))),
-        ("a cat --ar 10:1", Want::Err(CommandError::BadAspect("10:1".into()))),
-        ("a cat --ar 99:99", Want::Err(CommandError::BadAspect("99:99".into()))),
+        (
+            "a cat --seed",
+            Want::Err(CommandError::MissingValue("种子 / --seed")),
+        ),
+        (
+            "a cat --seed -1",
+            Want::Err(CommandError::BadSeed("-1".into())),
+        ),
+        (
+            "a cat --seed abc",
+            Want::Err(CommandError::BadSeed("abc".into())),
+        ),
+        (
+            "a cat 种子 9999999999999999999999",
+            Want::Err(CommandError::BadSeed("9999999999999999999999".into())),
+        ),
+        (
+            "a cat --seed 4503599627370496",
+            Want::Err(CommandError::BadSeed("4503599627370496".into())),
+        ),
+        (
+            "a cat --ar 16",
+            Want::Err(CommandError::BadAspect("16".into())),
+        ),
+        (
+            "a cat --ar 0:1",
+            Want::Err(CommandError::BadAspect("0:1".into())),
+        ),
+        (
+            "a cat --ar 10:1",
+            Want::Err(CommandError::BadAspect("10:1".into())),
+        ),
+        (
+            "a cat --ar 99:99",
+            Want::Err(CommandError::BadAspect("99:99".into())),
+        ),
         ("a cat --ar", Want::Err(CommandError::MissingValue("--ar"))),
-        ("a cat 不要", Want::Err(CommandError::MissingValue("不要 / --no"))),
-        ("a cat --style anime", Want::Err(CommandError::UnknownOption("--style".into()))),
-        ("a cat --notext", Want::Err(CommandError::UnknownOption("--notext".into()))),
-        ("a cat --", Want::Err(CommandError::UnknownOption("--".into()))),
+        (
+            "a cat 不要",
+            Want::Err(CommandError::MissingValue("不要 / --no")),
+        ),
+        (
+            "a cat --style anime",
+            Want::Err(CommandError::UnknownOption("--style".into())),
+        ),
+        (
+            "a cat --notext",
+            Want::Err(CommandError::UnknownOption("--notext".into())),
+        ),
+        (
+            "a cat --",
+            Want::Err(CommandError::UnknownOption("--".into())),
+        ),
     ];
     assert!(cases.len() >= 60, "{} cases", cases.len());
     let g = grammar();
