@@ -13,6 +13,8 @@ pub mod cli;
 pub mod command;
 /// Settings from defaults, file and environment.
 pub mod config;
+/// Campaigns: templates, glossary, windows.
+pub mod campaign;
 /// Delivery of finished pictures through the platform's API and passive replies.
 pub mod deliver;
 /// Stable Diffusion on ONNX Runtime.

@@ -1,0 +1,307 @@
+//! Campaigns as data: keywords, a prompt template with the follower's subject in it, painting parameters, quotas,
+//! a time window (Asia/Shanghai) and a 中文 → English glossary applied to the subject (the SD text encoder reads
+//! English). Stored in the database (every change kept as a revision), seeded from `config/campaigns/*.toml`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Why a campaign definition is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a campaign.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// Parsed, but not a usable campaign.
+    #[error("campaign {name:?}: {reason}")]
+    Invalid {
+        /// The campaign.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Texts a campaign answers with; empty ones fall back to the general replies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CampaignReplies {
+    /// Answer to `subscribe` while the campaign runs.
+    pub welcome: String,
+    /// Answer to an admitted request.
+    pub received: String,
+    /// Before `starts_at`; `{starts_at}` is filled in.
+    pub not_started: String,
+    /// After `ends_at`.
+    pub ended: String,
+}
+
+/// One campaign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// Unique name (`mid-autumn`).
+    pub name: String,
+    /// Shown to admins.
+    #[serde(default)]
+    pub title: String,
+    /// Words that start a request for this campaign (`中秋 嫦娥抱玉兔`).
+    pub keywords: Vec<String>,
+    /// Menu `CLICK` keys that answer with the campaign's welcome text.
+    #[serde(default)]
+    pub menu_keys: Vec<String>,
+    /// The prompt, with `{subject}` where the follower's (translated) words go.
+    pub template: String,
+    /// Painted when the follower gives only the keyword.
+    #[serde(default)]
+    pub default_subject: String,
+    /// Negative prompt.
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// The model folder's name it is meant for (informational: one model per deployment today).
+    #[serde(default)]
+    pub model: String,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Guidance scale.
+    pub guidance: f32,
+    /// Requests per follower per day (Asia/Shanghai); 0 = the general limit.
+    #[serde(default)]
+    pub daily_quota: u32,
+    /// Requests for the whole campaign per day; 0 = none.
+    #[serde(default)]
+    pub daily_cap: u32,
+    /// RFC 3339 start, e.g. `2027-09-10T00:00:00+08:00`.
+    pub starts_at: String,
+    /// RFC 3339 end (exclusive).
+    pub ends_at: String,
+    /// Reply texts.
+    #[serde(default)]
+    pub replies: CampaignReplies,
+    /// 中文 → English, applied to the subject, longest entries first.
+    #[serde(default)]
+    pub glossary: BTreeMap<String, String>,
+}
+
+/// Where `now` falls relative to a campaign's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Before `starts_at`.
+    NotStarted,
+    /// Running.
+    Open,
+    /// At or after `ends_at`.
+    Ended,
+}
+
+impl Campaign {
+    /// Parses a TOML definition.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, CampaignError> {
+        let campaign: Campaign = toml::from_str(text).map_err(|e| CampaignError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        campaign.validate()?;
+        Ok(campaign)
+    }
+
+    /// The TOML form (for export).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks what serde cannot: the template, the window, the parameters.
+    pub fn validate(&self) -> Result<(), CampaignError> {
+        let invalid = |reason: String| CampaignError::Invalid {
+            name: self.name.clone(),
+            reason,
+        };
+        if self.name.trim().is_empty() || self.name.len() > 64 {
+            return Err(invalid("name must be 1 to 64 characters".into()));
+        }
+        if self.keywords.is_empty() || self.keywords.iter().any(|k| k.trim().is_empty()) {
+            return Err(invalid("needs at least one non-empty keyword".into()));
+        }
+        if !self.template.contains("{subject}") {
+            return Err(invalid("template must contain {subject}".into()));
+        }
+        if self.scheduler.parse::<crate::engine::SchedulerKind>().is_err() {
+            return Err(invalid(format!("unknown scheduler {:?}", self.scheduler)));
+        }
+        let sized = |v: u32| v >= 64 && v <= 2048 && v % 8 == 0;
+        if !sized(self.width) || !sized(self.height) || !(1..=200).contains(&self.steps) {
+            return Err(invalid(
+                "width and height must be multiples of 8 from 64 to 2048, steps 1 to 200".into(),
+            ));
+        }
+        if !(self.guidance.is_finite() && (0.0..=30.0).contains(&self.guidance)) {
+            return Err(invalid("guidance must be between 0 and 30".into()));
+        }
+        let (start, end) = self.window_times()?;
+        if end <= start {
+            return Err(invalid("ends_at must be after starts_at".into()));
+        }
+        Ok(())
+    }
+
+    fn window_times(&self) -> Result<(OffsetDateTime, OffsetDateTime), CampaignError> {
+        let parse = |field: &str, value: &str| {
+            OffsetDateTime::parse(value, &Rfc3339).map_err(|e| CampaignError::Invalid {
+                name: self.name.clone(),
+                reason: format!("{field} {value:?} is not an RFC 3339 time: {e}"),
+            })
+        };
+        Ok((
+            parse("starts_at", &self.starts_at)?,
+            parse("ends_at", &self.ends_at)?,
+        ))
+    }
+
+    /// Where `now` falls relative to the window.
+    pub fn window(&self, now: OffsetDateTime) -> Window {
+        match self.window_times() {
+            Ok((start, _)) if now < start => Window::NotStarted,
+            Ok((_, end)) if now < end => Window::Open,
+            _ => Window::Ended,
+        }
+    }
+
+    /// The English prompt for a follower's subject: glossary applied, put into the template.
+    pub fn render(&self, subject: &str) -> String {
+        let subject = if subject.trim().is_empty() {
+            self.default_subject.as_str()
+        } else {
+            subject
+        };
+        self.template
+            .replace("{subject}", translate(subject, &self.glossary).trim())
+    }
+}
+
+/// Replaces glossary words in `text`, longest first, leftmost first, never inside a replacement.
+pub fn translate(text: &str, glossary: &BTreeMap<String, String>) -> String {
+    let mut entries: Vec<(&str, &str)> = glossary
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    entries.sort_by_key(|(k, _)| std::cmp::Reverse(k.chars().count()));
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut rest = text;
+    let mut last_was_translated = false;
+    while let Some(c) = rest.chars().next() {
+        if let Some((key, english)) = entries.iter().find(|(k, _)| rest.starts_with(k)) {
+            if !out.is_empty() && !out.ends_with(' ') {
+                out.push(' ');
+            }
+            out.push_str(english);
+            last_was_translated = true;
+            rest = &rest[key.len()..];
+        } else {
+            if last_was_translated && !c.is_whitespace() && !matches!(c, ',' | '.') {
+                out.push(' ');
+            }
+            out.push(c);
+            last_was_translated = false;
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Reads every `*.toml` in `dir` (sorted by name).
+pub fn load_dir(dir: &Path) -> Result<Vec<Campaign>, CampaignError> {
+    let io = |source| CampaignError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| load_file(p)).collect()
+}
+
+/// Reads one campaign file.
+pub fn load_file(path: &Path) -> Result<Campaign, CampaignError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CampaignError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Campaign::from_toml(&text, path)
+}
+
+/// The campaigns a node knows, looked up by keyword and menu key.
+#[derive(Debug, Clone, Default)]
+pub struct Campaigns {
+    all: Vec<Campaign>,
+}
+
+impl Campaigns {
+    /// A set of campaigns (later ones win a keyword both claim).
+    pub fn new(all: Vec<Campaign>) -> Self {
+        Self { all }
+    }
+
+    /// All of them.
+    pub fn all(&self) -> &[Campaign] {
+        &self.all
+    }
+
+    /// Every keyword, for the grammar.
+    pub fn keywords(&self) -> Vec<String> {
+        self.all.iter().flat_map(|c| c.keywords.clone()).collect()
+    }
+
+    /// The campaign a (normalised, lower-cased) keyword belongs to.
+    pub fn by_keyword(&self, keyword: &str) -> Option<&Campaign> {
+        self.all.iter().rev().find(|c| {
+            c.keywords
+                .iter()
+                .any(|k| crate::engine::normalize_prompt(k).to_lowercase() == keyword)
+        })
+    }
+
+    /// The campaign a menu key starts.
+    pub fn by_menu_key(&self, key: &str) -> Option<&Campaign> {
+        self.all
+            .iter()
+            .rev()
+            .find(|c| c.menu_keys.iter().any(|k| k == key))
+    }
+
+    /// The campaign running at `now` (the one that started last), if any.
+    pub fn active(&self, now: OffsetDateTime) -> Option<&Campaign> {
+        self.all
+            .iter()
+            .filter(|c| c.window(now) == Window::Open)
+            .max_by_key(|c| c.window_times().map(|(start, _)| start).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests;
