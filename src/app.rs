@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
+use crate::campaign;
 use crate::channel::wechat::WechatChannel;
 use crate::channel::wechat::api::WechatApi;
-use crate::command::grammar::Grammar;
+use crate::command::Catalog;
 use crate::config::Settings;
 use crate::deliver::Deliverer;
 use crate::deliver::passive::PassiveReplies;
@@ -127,11 +128,9 @@ impl App {
                 finished.clone(),
             ))
         });
-        let grammar = Arc::new(Grammar::new(
-            &settings.replies.help_keywords,
-            &settings.delivery.fetch_keywords,
-            &[],
-        ));
+        let catalog = Arc::new(std::sync::RwLock::new(Arc::new(
+            load_catalog(&*store, &settings, true).await?,
+        )));
         let state = AppState {
             store,
             wechat: Arc::new(wechat),
@@ -140,7 +139,7 @@ impl App {
             wake_workers: Arc::new(Notify::new()),
             announce_jobs: Arc::new(Notify::new()),
             passive,
-            grammar,
+            catalog,
         };
         Ok(Self {
             listener,
@@ -192,6 +191,7 @@ impl App {
                 .await
                 .context("listening for finished jobs")?;
         }
+        tokio::spawn(reload_catalog(self.state.clone(), stop.clone()));
         tokio::spawn(announce_task(
             self.state.store.clone(),
             self.state.announce_jobs.clone(),
@@ -225,6 +225,50 @@ impl App {
         }
         tracing::info!("huabi stopped");
         Ok(())
+    }
+}
+
+/// Reads the campaigns from the database (first importing the seed folder's campaigns the database lacks, when
+/// `seed`) and builds the catalog messages are interpreted with.
+async fn load_catalog(
+    store: &dyn Store,
+    settings: &Settings,
+    seed: bool,
+) -> anyhow::Result<Catalog> {
+    let dir = &settings.campaigns.seed_dir;
+    if seed && dir.is_dir() {
+        let campaigns = campaign::load_dir(dir).context("reading the campaign seed folder")?;
+        let imported = campaign::save_all(store, &campaigns, "seed", true)
+            .await
+            .context("importing seed campaigns")?;
+        if !imported.is_empty() {
+            tracing::info!(?imported, dir = %dir.display(), "campaigns imported");
+        }
+    } else if seed {
+        tracing::warn!(dir = %dir.display(), "campaign seed folder not found; only stored campaigns are used");
+    }
+    let campaigns = campaign::load_stored(store)
+        .await
+        .context("reading campaigns")?;
+    Ok(Catalog::new(settings, campaigns))
+}
+
+/// Re-reads the campaigns every `reload_secs` until `stop`.
+async fn reload_catalog(state: AppState, stop: CancellationToken) {
+    let period = Duration::from_secs_f64(state.settings.campaigns.reload_secs);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        match load_catalog(&*state.store, &state.settings, false).await {
+            Ok(catalog) => {
+                *state.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reload campaigns; keeping the ones in use")
+            }
+        }
     }
 }
 

@@ -38,8 +38,32 @@ pub enum Command {
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Campaigns in the database: import TOML definitions (each change kept as a revision), export, list.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
     /// Run a local stand-in for WeChat's API (point HUABI__WECHAT__API_BASE at it) to try huabi without an account.
     Standin(StandinOptions),
+}
+
+/// `huabi campaign …`.
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Store campaign definitions: a `.toml` file or a folder of them (default: the configured seed folder).
+    Import {
+        /// File or folder.
+        path: Option<std::path::PathBuf>,
+        /// Who makes the change (recorded in the revision).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
+    /// Write every stored campaign as `<name>.toml` into a folder.
+    Export {
+        /// Folder to write into.
+        #[arg(long, default_value = "campaigns-export")]
+        out: std::path::PathBuf,
+    },
+    /// List the stored campaigns: name, keywords, window, state now, revisions.
+    List,
 }
 
 /// `huabi standin`.
@@ -223,7 +247,67 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Standin(options) => standin(options).await,
+        Command::Campaign(command) => campaign(command).await,
     }
+}
+
+async fn campaign(command: CampaignCommand) -> anyhow::Result<()> {
+    use crate::campaign::{self, Window};
+    let settings = load_settings()?;
+    let store = store::connect(&settings.database).await?;
+    store.migrate().await?;
+    match command {
+        CampaignCommand::Import { path, by } => {
+            let path = path.unwrap_or(settings.campaigns.seed_dir);
+            let campaigns = if path.is_dir() {
+                campaign::load_dir(&path)?
+            } else {
+                vec![campaign::load_file(&path)?]
+            };
+            let changed = campaign::save_all(&*store, &campaigns, &by, false).await?;
+            for c in &campaigns {
+                let state = if changed.contains(&c.name) {
+                    "stored"
+                } else {
+                    "unchanged"
+                };
+                println!("{}: {state}", c.name);
+            }
+        }
+        CampaignCommand::Export { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for c in campaign::load_stored(&*store).await?.all() {
+                let file = out.join(format!("{}.toml", c.name));
+                std::fs::write(&file, c.to_toml())
+                    .with_context(|| format!("writing {}", file.display()))?;
+                println!("{}", file.display());
+            }
+        }
+        CampaignCommand::List => {
+            let now = time::OffsetDateTime::now_utc();
+            for c in campaign::load_stored(&*store).await?.all() {
+                let state = match c.window(now) {
+                    Window::NotStarted => "not started",
+                    Window::Open => "running",
+                    Window::Ended => "ended",
+                };
+                let revisions = store.campaign_revisions(&c.name).await?;
+                let last = revisions.last().map_or(String::new(), |r| {
+                    format!(", last changed by {} at {}", r.changed_by, r.changed_at)
+                });
+                println!(
+                    "{}\t{}\tkeywords {}\t{} → {}\t{state}\t{} revision(s){last}",
+                    c.name,
+                    c.title,
+                    c.keywords.join("/"),
+                    c.starts_at,
+                    c.ends_at,
+                    revisions.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn standin(o: StandinOptions) -> anyhow::Result<()> {

@@ -45,6 +45,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// How finished pictures reach followers.
     pub delivery: DeliverySettings,
+    /// Where campaigns come from.
+    pub campaigns: CampaignSettings,
     /// Reply texts.
     pub replies: ReplySettings,
     /// Logging.
@@ -172,6 +174,15 @@ pub struct DeliverySettings {
     pub poll_secs: f64,
 }
 
+/// `[campaigns]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CampaignSettings {
+    /// Folder of `*.toml` campaigns imported at start when the database lacks them.
+    pub seed_dir: std::path::PathBuf,
+    /// How often a node re-reads the campaigns from the database, in seconds.
+    pub reload_secs: f64,
+}
+
 /// `[replies]`: every text a follower can receive.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReplySettings {
@@ -209,6 +220,10 @@ pub struct ReplySettings {
     pub too_long: String,
     /// A message the grammar refused; `{detail}` says why.
     pub bad_command: String,
+    /// A campaign request before the campaign starts, unless the campaign says otherwise; `{starts_at}`.
+    pub campaign_not_started: String,
+    /// A campaign request after the campaign ended, unless the campaign says otherwise.
+    pub campaign_ended: String,
 }
 
 /// `[log]`.
@@ -334,6 +349,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "delivery",
                 reason: "lease, backoff, timeout and poll seconds must be positive, max_attempts and concurrency at least 1".into(),
+            });
+        }
+        if !(self.campaigns.reload_secs.is_finite() && self.campaigns.reload_secs > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "campaigns.reload_secs",
+                reason: "must be positive".into(),
             });
         }
         if self.database.max_connections == 0 {

@@ -5,6 +5,8 @@
 pub mod app;
 /// Load generators and measurements behind `huabi bench`.
 pub mod bench;
+/// Campaigns: templates, glossary, windows.
+pub mod campaign;
 /// Messaging platforms: verification, decryption, parsing, replies.
 pub mod channel;
 /// The command line.
@@ -13,8 +15,6 @@ pub mod cli;
 pub mod command;
 /// Settings from defaults, file and environment.
 pub mod config;
-/// Campaigns: templates, glossary, windows.
-pub mod campaign;
 /// Delivery of finished pictures through the platform's API and passive replies.
 pub mod deliver;
 /// Stable Diffusion on ONNX Runtime.

@@ -104,7 +104,7 @@ pub async fn run_burst(
             let nonce = n.to_string();
             let sig = signature::sign(&[&token, &timestamp, &nonce]);
             let body = format!(
-                "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>{timestamp}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[中秋的月亮 {n}]]></Content><MsgId>{}</MsgId></xml>",
+                "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>{timestamp}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[月亮和桂花 {n}]]></Content><MsgId>{}</MsgId></xml>",
                 700_000_000 + n
             );
             let resp = client

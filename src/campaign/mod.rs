@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -147,10 +149,14 @@ impl Campaign {
         if !self.template.contains("{subject}") {
             return Err(invalid("template must contain {subject}".into()));
         }
-        if self.scheduler.parse::<crate::engine::SchedulerKind>().is_err() {
+        if self
+            .scheduler
+            .parse::<crate::engine::SchedulerKind>()
+            .is_err()
+        {
             return Err(invalid(format!("unknown scheduler {:?}", self.scheduler)));
         }
-        let sized = |v: u32| v >= 64 && v <= 2048 && v % 8 == 0;
+        let sized = |v: u32| (64..=2048).contains(&v) && v.is_multiple_of(8);
         if !sized(self.width) || !sized(self.height) || !(1..=200).contains(&self.steps) {
             return Err(invalid(
                 "width and height must be multiples of 8 from 64 to 2048, steps 1 to 200".into(),
@@ -253,6 +259,45 @@ pub fn load_file(path: &Path) -> Result<Campaign, CampaignError> {
         source,
     })?;
     Campaign::from_toml(&text, path)
+}
+
+/// Stores `campaigns` (a revision for each change) as `changed_by`; with `only_if_missing`, only those the
+/// database lacks. Returns the names stored.
+pub async fn save_all(
+    store: &dyn Store,
+    campaigns: &[Campaign],
+    changed_by: &str,
+    only_if_missing: bool,
+) -> Result<Vec<String>, StoreError> {
+    let mut stored = Vec::new();
+    for campaign in campaigns {
+        let definition = serde_json::to_string(campaign)
+            .map_err(|e| StoreError::Corrupt(format!("campaign {}: {e}", campaign.name)))?;
+        if store
+            .save_campaign(&campaign.name, &definition, changed_by, only_if_missing)
+            .await?
+        {
+            stored.push(campaign.name.clone());
+        }
+    }
+    Ok(stored)
+}
+
+/// The campaigns stored in the database; a definition that no longer parses or validates is skipped and logged.
+pub async fn load_stored(store: &dyn Store) -> Result<Campaigns, StoreError> {
+    let mut all = Vec::new();
+    for stored in store.campaigns().await? {
+        let parsed = serde_json::from_str::<Campaign>(&stored.definition)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(campaign) => all.push(campaign),
+            Err(error) => {
+                tracing::error!(campaign = %stored.name, %error, "stored campaign skipped")
+            }
+        }
+    }
+    Ok(Campaigns::new(all))
 }
 
 /// The campaigns a node knows, looked up by keyword and menu key.

@@ -2,8 +2,11 @@ use super::*;
 use time::macros::datetime;
 
 fn shipped() -> Campaign {
-    load_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/campaigns/mid-autumn.toml")))
-        .expect("the shipped campaign loads")
+    load_file(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/campaigns/mid-autumn.toml"
+    )))
+    .expect("the shipped campaign loads")
 }
 
 #[test]
@@ -13,7 +16,11 @@ fn the_shipped_mid_autumn_campaign_is_complete() {
         assert!(c.glossary.contains_key(word), "glossary lacks {word}");
     }
     assert!(c.keywords.iter().any(|k| k == "中秋") && c.keywords.iter().any(|k| k == "赏月"));
-    assert!(!c.replies.welcome.is_empty() && !c.replies.not_started.is_empty() && !c.replies.ended.is_empty());
+    assert!(
+        !c.replies.welcome.is_empty()
+            && !c.replies.not_started.is_empty()
+            && !c.replies.ended.is_empty()
+    );
     let again = Campaign::from_toml(&c.to_toml(), Path::new("export.toml")).expect("round trip");
     assert_eq!(again, c);
 }
@@ -28,11 +35,23 @@ fn rendering_translates_the_subject_into_the_template() {
         ),
         "{prompt}"
     );
-    assert!(c.render("").contains("a family reunion under the full moon"));
-    assert!(c.render("  ").contains("a family reunion under the full moon"));
-    assert!(c.render("桂花树下的猫").contains("an osmanthus tree under a cat"));
+    assert!(
+        c.render("")
+            .contains("a family reunion under the full moon")
+    );
+    assert!(
+        c.render("  ")
+            .contains("a family reunion under the full moon")
+    );
+    assert!(
+        c.render("桂花树下的猫")
+            .contains("an osmanthus tree under a cat")
+    );
     assert!(c.render("a cat and 月饼").contains("a cat and mooncakes"));
-    assert!(c.render("嫦娥奔月").contains("Chang'e flying to the moon"), "longest entry first");
+    assert!(
+        c.render("嫦娥奔月").contains("Chang'e flying to the moon"),
+        "longest entry first"
+    );
 }
 
 #[test]
@@ -51,15 +70,28 @@ fn glossary_edge_cases() {
 #[test]
 fn the_window_is_read_in_its_own_offset() {
     let c = shipped();
-    assert_eq!(c.window(datetime!(2027-09-07 15:59:59 UTC)), Window::NotStarted);
-    assert_eq!(c.window(datetime!(2027-09-07 16:00:00 UTC)), Window::Open, "midnight in Shanghai");
+    assert_eq!(
+        c.window(datetime!(2027-09-07 15:59:59 UTC)),
+        Window::NotStarted
+    );
+    assert_eq!(
+        c.window(datetime!(2027-09-07 16:00:00 UTC)),
+        Window::Open,
+        "midnight in Shanghai"
+    );
     assert_eq!(c.window(datetime!(2027-09-21 15:59:59 UTC)), Window::Open);
     assert_eq!(c.window(datetime!(2027-09-21 16:00:00 UTC)), Window::Ended);
     let set = Campaigns::new(vec![c]);
     assert!(set.active(datetime!(2027-09-10 00:00 UTC)).is_some());
     assert!(set.active(datetime!(2026-11-25 00:00 UTC)).is_none());
-    assert_eq!(set.by_keyword("赏月").map(|c| c.name.as_str()), Some("mid-autumn"));
-    assert_eq!(set.by_menu_key("MID_AUTUMN").map(|c| c.name.as_str()), Some("mid-autumn"));
+    assert_eq!(
+        set.by_keyword("赏月").map(|c| c.name.as_str()),
+        Some("mid-autumn")
+    );
+    assert_eq!(
+        set.by_menu_key("MID_AUTUMN").map(|c| c.name.as_str()),
+        Some("mid-autumn")
+    );
     assert!(set.by_keyword("春节").is_none());
 }
 
@@ -68,10 +100,22 @@ fn bad_definitions_are_refused_with_the_reason() {
     let base = shipped().to_toml();
     for (from, to, reason) in [
         ("{subject}", "{thing}", "{subject}"),
-        ("scheduler = \"euler_a\"", "scheduler = \"pndm\"", "scheduler"),
+        (
+            "scheduler = \"euler_a\"",
+            "scheduler = \"pndm\"",
+            "scheduler",
+        ),
         ("width = 512", "width = 500", "multiples of 8"),
-        ("starts_at = \"2027-09-08T00:00:00+08:00\"", "starts_at = \"next week\"", "RFC 3339"),
-        ("ends_at = \"2027-09-22T00:00:00+08:00\"", "ends_at = \"2027-09-01T00:00:00+08:00\"", "after"),
+        (
+            "starts_at = \"2027-09-08T00:00:00+08:00\"",
+            "starts_at = \"next week\"",
+            "RFC 3339",
+        ),
+        (
+            "ends_at = \"2027-09-22T00:00:00+08:00\"",
+            "ends_at = \"2027-09-01T00:00:00+08:00\"",
+            "after",
+        ),
         ("guidance = 7.5", "guidance = 99.0", "guidance"),
     ] {
         assert!(base.contains(from), "{from}");
@@ -81,7 +125,10 @@ fn bad_definitions_are_refused_with_the_reason() {
         assert!(error.contains(reason), "{error}");
     }
     for broken in ["", "name = 1", "[[[", "name = \"x\"\nsurprise = true"] {
-        assert!(Campaign::from_toml(broken, Path::new("y.toml")).is_err(), "{broken:?}");
+        assert!(
+            Campaign::from_toml(broken, Path::new("y.toml")).is_err(),
+            "{broken:?}"
+        );
     }
     let huge = format!("name = \"{}\"", "x".repeat(100_000));
     assert!(Campaign::from_toml(&huge, Path::new("z.toml")).is_err());

@@ -3,10 +3,36 @@
 
 pub mod grammar;
 
+use time::OffsetDateTime;
+
+use crate::campaign::{Campaign, Campaigns, Window};
 use crate::channel::{Event, InboundKind, Reply};
 use crate::config::{ReplySettings, Settings};
 use crate::store::{NewJob, QueueStatus};
 use grammar::{Command, Grammar, PaintRequest, sized};
+
+/// What a node interprets messages with: the grammar (with the campaigns' keywords) and the campaigns.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// The command grammar.
+    pub grammar: Grammar,
+    /// The campaigns in use.
+    pub campaigns: Campaigns,
+}
+
+impl Catalog {
+    /// The grammar for `settings`' keywords plus every campaign's.
+    pub fn new(settings: &Settings, campaigns: Campaigns) -> Self {
+        Self {
+            grammar: Grammar::new(
+                &settings.replies.help_keywords,
+                &settings.delivery.fetch_keywords,
+                &campaigns.keywords(),
+            ),
+            campaigns,
+        }
+    }
+}
 
 /// What to do with one inbound message.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,25 +60,64 @@ fn text(text: &str) -> Reply {
     }
 }
 
-/// Decides the plan for a message.
-pub fn plan(kind: &InboundKind, settings: &Settings, grammar: &Grammar) -> Plan {
+/// The first non-empty text.
+fn either<'a>(preferred: &'a str, fallback: &'a str) -> &'a str {
+    if preferred.trim().is_empty() {
+        fallback
+    } else {
+        preferred
+    }
+}
+
+/// Decides the plan for a message received at `now`.
+pub fn plan(
+    kind: &InboundKind,
+    settings: &Settings,
+    catalog: &Catalog,
+    now: OffsetDateTime,
+) -> Plan {
     let replies = &settings.replies;
+    let welcome = |campaign: Option<&Campaign>| {
+        let campaign_welcome = campaign.map_or("", |c| c.replies.welcome.as_str());
+        Plan::Reply(text(either(campaign_welcome, &replies.welcome)))
+    };
     match kind {
-        InboundKind::Text { content } => plan_text(content, settings, grammar),
+        InboundKind::Text { content } => plan_text(content, settings, catalog, now),
         InboundKind::Voice {
             recognition: Some(words),
-        } => plan_text(words, settings, grammar),
+        } => plan_text(words, settings, catalog, now),
         InboundKind::Voice { recognition: None } => Plan::Reply(text(&replies.voice_unrecognized)),
         InboundKind::Image { .. } => Plan::Reply(text(&replies.unsupported)),
-        InboundKind::Event(Event::Subscribe { .. }) => Plan::Reply(text(&replies.welcome)),
-        InboundKind::Event(Event::Click { .. }) => Plan::Reply(text(&replies.help)),
+        InboundKind::Event(Event::Subscribe { .. }) => welcome(catalog.campaigns.active(now)),
+        InboundKind::Event(Event::Click { key }) => match catalog.campaigns.by_menu_key(key) {
+            Some(campaign) => match campaign.window(now) {
+                Window::Open => welcome(Some(campaign)),
+                window => outside(campaign, window, replies),
+            },
+            None => Plan::Reply(text(&replies.help)),
+        },
         InboundKind::Event(_) | InboundKind::Other { .. } => Plan::Reply(Reply::None),
     }
 }
 
-fn plan_text(words: &str, settings: &Settings, grammar: &Grammar) -> Plan {
+/// The answer to a campaign request outside the campaign's window.
+fn outside(campaign: &Campaign, window: Window, replies: &ReplySettings) -> Plan {
+    let reply = match window {
+        Window::NotStarted => either(&campaign.replies.not_started, &replies.campaign_not_started)
+            .replace("{starts_at}", &campaign_time(&campaign.starts_at)),
+        _ => either(&campaign.replies.ended, &replies.campaign_ended).to_string(),
+    };
+    Plan::Reply(text(&reply))
+}
+
+/// `2027-09-08T00:00:00+08:00` as `2027-09-08 00:00`.
+fn campaign_time(rfc3339: &str) -> String {
+    rfc3339.get(..16).unwrap_or(rfc3339).replace('T', " ")
+}
+
+fn plan_text(words: &str, settings: &Settings, catalog: &Catalog, now: OffsetDateTime) -> Plan {
     let replies = &settings.replies;
-    match grammar.parse(words) {
+    match catalog.grammar.parse(words) {
         Ok(Command::Help) => Plan::Reply(text(&replies.help)),
         Ok(Command::Quota) => Plan::Reply(text(&replies.quota_unlimited)),
         Ok(Command::Status) => Plan::Status,
@@ -65,9 +130,22 @@ fn plan_text(words: &str, settings: &Settings, grammar: &Grammar) -> Plan {
                     &replies.too_long.replace("{max}", &max_chars.to_string()),
                 ));
             }
-            Plan::Paint {
-                job: job_for(&request, settings),
-                reply: received(settings),
+            let campaign = request
+                .campaign
+                .as_deref()
+                .and_then(|keyword| catalog.campaigns.by_keyword(keyword));
+            match campaign {
+                Some(campaign) => match campaign.window(now) {
+                    Window::Open => Plan::Paint {
+                        job: campaign_job(campaign, &request, settings),
+                        reply: text(either(&campaign.replies.received, &replies.received)),
+                    },
+                    window => outside(campaign, window, replies),
+                },
+                None => Plan::Paint {
+                    job: job_for(&request, settings),
+                    reply: received(settings),
+                },
             }
         }
         Err(error) => Plan::Reply(text(
@@ -85,29 +163,52 @@ pub fn received(settings: &Settings) -> Reply {
     }
 }
 
-/// The job for a painting request: the configured parameters, with the follower's options applied.
+/// The job for a free painting request: the configured parameters, with the follower's options applied.
 pub fn job_for(request: &PaintRequest, settings: &Settings) -> NewJob {
-    let jobs = &settings.jobs;
+    with_options(
+        NewJob::new(request.subject.clone(), &settings.jobs),
+        request,
+        settings,
+    )
+}
+
+/// The job for a campaign request: the campaign's template and parameters, with the follower's options applied.
+pub fn campaign_job(campaign: &Campaign, request: &PaintRequest, settings: &Settings) -> NewJob {
+    let job = NewJob {
+        prompt: campaign.render(&request.subject),
+        negative_prompt: campaign.negative_prompt.clone(),
+        width: campaign.width,
+        height: campaign.height,
+        steps: campaign.steps,
+        scheduler: campaign.scheduler.clone(),
+        guidance: campaign.guidance,
+        campaign: Some(campaign.name.clone()),
+        ..NewJob::new(String::new(), &settings.jobs)
+    };
+    with_options(job, request, settings)
+}
+
+/// Applies the follower's size, seed and negative options to `job`.
+fn with_options(job: NewJob, request: &PaintRequest, settings: &Settings) -> NewJob {
     let max = (settings.engine.max_width, settings.engine.max_height);
     let (width, height) = match (request.aspect, request.hd) {
-        (None, false) => (jobs.width, jobs.height),
+        (None, false) => (job.width, job.height),
         (aspect, hd) => {
             let scale = if hd { 3 } else { 2 };
-            let base = (jobs.width * scale / 2, jobs.height * scale / 2);
-            sized(base, aspect.unwrap_or((jobs.width, jobs.height)), max)
+            let base = (job.width * scale / 2, job.height * scale / 2);
+            sized(base, aspect.unwrap_or((job.width, job.height)), max)
         }
     };
-    let mut negative: Vec<&str> = Vec::new();
-    if !jobs.negative_prompt.is_empty() {
-        negative.push(&jobs.negative_prompt);
-    }
-    negative.extend(request.avoid.iter().map(String::as_str));
+    let negative: Vec<&str> = std::iter::once(job.negative_prompt.as_str())
+        .chain(request.avoid.iter().map(String::as_str))
+        .filter(|n| !n.is_empty())
+        .collect();
     NewJob {
         width,
         height,
         negative_prompt: negative.join(", "),
         seed: request.seed.map(|s| s as i64),
-        ..NewJob::new(request.subject.clone(), jobs)
+        ..job
     }
 }
 
@@ -145,13 +246,13 @@ mod tests {
     }
 
     fn plan_for(content: &str, s: &Settings) -> Plan {
-        let grammar = Grammar::new(&s.replies.help_keywords, &s.delivery.fetch_keywords, &[]);
         plan(
             &InboundKind::Text {
                 content: content.into(),
             },
             s,
-            &grammar,
+            &Catalog::new(s, Campaigns::default()),
+            OffsetDateTime::now_utc(),
         )
     }
 
@@ -206,16 +307,17 @@ mod tests {
     #[test]
     fn voice_uses_recognition() {
         let s = settings();
-        let grammar = Grammar::default();
+        let grammar = Catalog::default();
+        let now = OffsetDateTime::now_utc();
         let voice = |words: Option<&str>| InboundKind::Voice {
             recognition: words.map(str::to_string),
         };
         assert!(
-            matches!(plan(&voice(Some("一只猫。")), &s, &grammar), Plan::Paint { job, .. } if job.prompt == "一只猫.")
+            matches!(plan(&voice(Some("一只猫。")), &s, &grammar, now), Plan::Paint { job, .. } if job.prompt == "一只猫.")
         );
-        assert_eq!(plan(&voice(Some("取图。")), &s, &grammar), Plan::Fetch);
+        assert_eq!(plan(&voice(Some("取图。")), &s, &grammar, now), Plan::Fetch);
         assert_eq!(
-            plan(&voice(None), &s, &grammar),
+            plan(&voice(None), &s, &grammar, now),
             Plan::Reply(text(&s.replies.voice_unrecognized))
         );
     }
@@ -223,9 +325,10 @@ mod tests {
     #[test]
     fn events_and_other_kinds() {
         let s = settings();
-        let g = Grammar::default();
+        let g = Catalog::default();
+        let now = OffsetDateTime::now_utc();
         let r = &s.replies;
-        let event = |e| plan(&InboundKind::Event(e), &s, &g);
+        let event = |e| plan(&InboundKind::Event(e), &s, &g, now);
         assert_eq!(
             event(Event::Subscribe { scene: None }),
             Plan::Reply(text(&r.welcome))
@@ -242,11 +345,88 @@ mod tests {
         let other = InboundKind::Other {
             kind: "video".into(),
         };
-        assert_eq!(plan(&other, &s, &g), Plan::Reply(Reply::None));
+        assert_eq!(plan(&other, &s, &g, now), Plan::Reply(Reply::None));
         let image = InboundKind::Image {
             media_id: "m".into(),
         };
-        assert_eq!(plan(&image, &s, &g), Plan::Reply(text(&r.unsupported)));
+        assert_eq!(plan(&image, &s, &g, now), Plan::Reply(text(&r.unsupported)));
+    }
+
+    #[test]
+    fn campaign_requests_render_the_template_inside_the_window_only() {
+        let s = settings();
+        let campaign = crate::campaign::load_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/campaigns/mid-autumn.toml"
+        )))
+        .expect("campaign");
+        let catalog = Catalog::new(&s, Campaigns::new(vec![campaign.clone()]));
+        let message = |content: &str| InboundKind::Text {
+            content: content.into(),
+        };
+        let during = time::macros::datetime!(2027-09-10 12:00 +08:00);
+        let Plan::Paint { job, reply } =
+            plan(&message("中秋 嫦娥抱玉兔 横版"), &s, &catalog, during)
+        else {
+            panic!("a job")
+        };
+        assert!(
+            job.prompt.contains("Chang'e") && job.prompt.contains("jade rabbit"),
+            "{}",
+            job.prompt
+        );
+        assert_eq!(job.campaign.as_deref(), Some("mid-autumn"));
+        assert_eq!((job.width, job.height, job.steps), (704, 384, 20));
+        assert_eq!(job.scheduler, "euler_a");
+        assert_eq!(reply, text(&campaign.replies.received));
+        let before = time::macros::datetime!(2027-09-01 12:00 +08:00);
+        let Plan::Reply(Reply::Text { text: early }) =
+            plan(&message("中秋 嫦娥"), &s, &catalog, before)
+        else {
+            panic!("refused")
+        };
+        assert!(
+            early.contains("还没开始") && early.contains("2027-09-08 00:00"),
+            "{early}"
+        );
+        let after = time::macros::datetime!(2027-10-01 12:00 +08:00);
+        assert_eq!(
+            plan(&message("赏月 月饼"), &s, &catalog, after),
+            Plan::Reply(text(&campaign.replies.ended))
+        );
+        assert_eq!(
+            plan(
+                &InboundKind::Event(Event::Subscribe { scene: None }),
+                &s,
+                &catalog,
+                during
+            ),
+            Plan::Reply(text(&campaign.replies.welcome))
+        );
+        assert_eq!(
+            plan(
+                &InboundKind::Event(Event::Subscribe { scene: None }),
+                &s,
+                &catalog,
+                after
+            ),
+            Plan::Reply(text(&s.replies.welcome))
+        );
+        assert_eq!(
+            plan(
+                &InboundKind::Event(Event::Click {
+                    key: "MID_AUTUMN".into()
+                }),
+                &s,
+                &catalog,
+                during
+            ),
+            Plan::Reply(text(&campaign.replies.welcome))
+        );
+        let Plan::Paint { job, .. } = plan(&message("中秋"), &s, &catalog, during) else {
+            panic!("the default subject")
+        };
+        assert!(job.prompt.contains("family reunion"));
     }
 
     #[test]

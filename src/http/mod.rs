@@ -38,10 +38,21 @@ pub struct AppState {
     pub wake_workers: Arc<tokio::sync::Notify>,
     /// Wakes the announcer that tells other nodes' workers (coalesced).
     pub announce_jobs: Arc<tokio::sync::Notify>,
-    /// Parses followers' text into commands.
-    pub grammar: Arc<crate::command::grammar::Grammar>,
+    /// The grammar and campaigns messages are interpreted with (replaced when campaigns change).
+    pub catalog: Arc<std::sync::RwLock<Arc<crate::command::Catalog>>>,
     /// Answers with pictures inside the reply window (fast path, 取图); `None` without an API client.
     pub passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
+}
+
+impl AppState {
+    /// The catalog in use now.
+    pub fn catalog(&self) -> Arc<crate::command::Catalog> {
+        // A panic while holding the lock cannot leave a half-written Arc behind.
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Builds the router with all routes and layers.

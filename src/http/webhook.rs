@@ -41,7 +41,9 @@ pub async fn receive_wechat(
     let inbound = &received.inbound;
     let passive = state.passive.as_deref().filter(|p| p.is_enabled());
     let settings = &state.settings;
-    let reply = match command::plan(&inbound.kind, settings, &state.grammar) {
+    let catalog = state.catalog();
+    let plan = command::plan(&inbound.kind, settings, &catalog, OffsetDateTime::now_utc());
+    let reply = match plan {
         Plan::Reply(reply) => admit(&state, passive, inbound, started, None, reply).await?,
         Plan::Paint { job, reply } => {
             admit(&state, passive, inbound, started, Some(job), reply).await?

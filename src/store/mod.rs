@@ -64,6 +64,8 @@ pub struct NewJob {
     pub scheduler: String,
     /// Guidance scale.
     pub guidance: f32,
+    /// The campaign it belongs to (`None` for a free prompt).
+    pub campaign: Option<String>,
     /// A seed the follower chose; `None` lets the first lease pick one.
     pub seed: Option<i64>,
     /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
@@ -82,6 +84,7 @@ impl NewJob {
             steps: settings.steps,
             scheduler: settings.scheduler.clone(),
             guidance: settings.guidance,
+            campaign: None,
             seed: None,
             deliver_after_secs: 0.0,
         }
@@ -274,6 +277,30 @@ pub struct AccountState {
     pub passive_only: bool,
 }
 
+/// A campaign as stored: its name and definition (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredCampaign {
+    /// Campaign name.
+    pub name: String,
+    /// The definition, JSON.
+    pub definition: String,
+}
+
+/// One change to a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CampaignRevision {
+    /// Revision id, increasing.
+    pub id: i64,
+    /// Campaign name.
+    pub name: String,
+    /// The definition after the change, JSON.
+    pub definition: String,
+    /// Who made the change.
+    pub changed_by: String,
+    /// When.
+    pub changed_at: OffsetDateTime,
+}
+
 /// Where a follower's paintings stand in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct QueueStatus {
@@ -336,6 +363,19 @@ pub trait Store: Send + Sync + 'static {
         account: &str,
         user_id: &str,
     ) -> Result<Option<NewJob>, StoreError>;
+    /// Every campaign in use.
+    async fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError>;
+    /// Stores a campaign definition and a revision naming `changed_by`, unless it is unchanged (or, with
+    /// `only_if_missing`, unless a campaign of that name exists); returns whether it stored anything.
+    async fn save_campaign(
+        &self,
+        name: &str,
+        definition: &str,
+        changed_by: &str,
+        only_if_missing: bool,
+    ) -> Result<bool, StoreError>;
+    /// The revisions of a campaign, oldest first.
+    async fn campaign_revisions(&self, name: &str) -> Result<Vec<CampaignRevision>, StoreError>;
     /// The timelines of the jobs of followers whose id starts with `user_prefix`.
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError>;
     /// Leases up to `max` jobs sharing the oldest eligible job's painting parameters (queued ones, or running ones
@@ -522,10 +562,10 @@ fn account_state(row: Option<(Option<String>, Option<i64>, bool)>) -> AccountSta
 }
 
 /// A stored request's parameters as a fresh [`NewJob`] (new seed, no fast-path window).
-type RequestRow = (String, String, i32, i32, i32, String, f32);
+type RequestRow = (String, String, i32, i32, i32, String, f32, Option<String>);
 
 fn new_job(
-    (prompt, negative_prompt, width, height, steps, scheduler, guidance): RequestRow,
+    (prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign): RequestRow,
 ) -> NewJob {
     let positive = |v: i32| u32::try_from(v).unwrap_or(0);
     NewJob {
@@ -536,6 +576,7 @@ fn new_job(
         steps: positive(steps),
         scheduler,
         guidance,
+        campaign,
         seed: None,
         deliver_after_secs: 0.0,
     }
@@ -543,8 +584,24 @@ fn new_job(
 
 /// The follower's most recent request (both DBs).
 const LAST_REQUEST: &str = "
-SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance FROM jobs
+SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign FROM jobs
 WHERE channel = $1 AND account = $2 AND user_id = $3 ORDER BY id DESC LIMIT 1";
+
+/// Inserts a campaign unless it exists (`$1` name, `$2` definition; both DBs).
+const INSERT_CAMPAIGN: &str =
+    "INSERT INTO campaigns (name, definition) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+
+/// Records a revision (`$1` name, `$2` definition, `$3` who; both DBs).
+const INSERT_REVISION: &str =
+    "INSERT INTO campaign_revisions (name, definition, changed_by) VALUES ($1, $2, $3)";
+
+/// Whether a save should write, given what is stored now.
+fn campaign_changes(existing: Option<&str>, definition: &str, only_if_missing: bool) -> bool {
+    match existing {
+        None => true,
+        Some(existing) => !only_if_missing && existing != definition,
+    }
+}
 
 /// A claimed `(id, status)` as [`Waiting`].
 fn waiting((job_id, status): (i64, String)) -> Waiting {

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
-    JobFate, JobRow, JobTiming, LAST_REQUEST, LeasedJob, NewJob, QueueStatus,
-    RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN, Store, StoreError, Submission, Waiting,
-    account_state, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
+    AccountState, Admission, CLAIM_TOKEN_REFRESH, CampaignRevision, Counts, DeliveryEnd,
+    DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow, JobTiming,
+    LAST_REQUEST, LeasedJob, NewJob, QueueStatus, RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN,
+    Store, StoreError, StoredCampaign, Submission, Waiting, account_state, campaign_changes,
+    decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -25,8 +26,8 @@ WITH inbound AS (
     RETURNING id
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed)
-    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17
+                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18
     FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
 )
@@ -140,6 +141,7 @@ impl Store for PgStore {
             .bind(job.map(|j| j.guidance))
             .bind(job.map(|j| j.deliver_after_secs).unwrap_or(0.0))
             .bind(job.and_then(|j| j.seed))
+            .bind(job.and_then(|j| j.campaign.as_deref()))
             .fetch_one(&self.pool)
             .await?;
         if inbound_id.is_some() {
@@ -214,6 +216,68 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(new_job))
+    }
+
+    async fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT name, definition FROM campaigns ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn save_campaign(
+        &self,
+        name: &str,
+        definition: &str,
+        changed_by: &str,
+        only_if_missing: bool,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<(String,)> =
+            sqlx::query_as("SELECT definition FROM campaigns WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if !campaign_changes(
+            existing.as_ref().map(|(d,)| d.as_str()),
+            definition,
+            only_if_missing,
+        ) {
+            return Ok(false);
+        }
+        let sql = if existing.is_some() {
+            "UPDATE campaigns SET definition = $2, updated_at = now() WHERE name = $1".to_string()
+        } else {
+            INSERT_CAMPAIGN.to_string()
+        };
+        let stored = sqlx::query(&sql)
+            .bind(name)
+            .bind(definition)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if stored == 0 {
+            return Ok(false);
+        }
+        sqlx::query(INSERT_REVISION)
+            .bind(name)
+            .bind(definition)
+            .bind(changed_by)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn campaign_revisions(&self, name: &str) -> Result<Vec<CampaignRevision>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, definition, changed_by, changed_at FROM campaign_revisions
+             WHERE name = $1 ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError> {

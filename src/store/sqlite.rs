@@ -12,10 +12,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CLAIM_TOKEN_REFRESH, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
-    JobFate, JobRow, JobTiming, LAST_REQUEST, LeasedJob, NewJob, QueueStatus,
-    RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN, Store, StoreError, Submission, Waiting,
-    account_state, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
+    AccountState, Admission, CLAIM_TOKEN_REFRESH, CampaignRevision, Counts, DeliveryEnd,
+    DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow, JobTiming,
+    LAST_REQUEST, LeasedJob, NewJob, QueueStatus, RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN,
+    Store, StoreError, StoredCampaign, Submission, Waiting, account_state, campaign_changes,
+    decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -138,8 +139,8 @@ impl Store for SqliteStore {
             Some(job) => {
                 let (id,): (i64,) = sqlx::query_as(
                     &format!("INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14) RETURNING id", now_plus(13)),
+                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14, ?15) RETURNING id", now_plus(13)),
                 )
                 .bind(m.channel)
                 .bind(&m.account)
@@ -155,6 +156,7 @@ impl Store for SqliteStore {
                 .bind(job.guidance)
                 .bind(job.deliver_after_secs)
                 .bind(job.seed)
+                .bind(&job.campaign)
                 .fetch_one(&mut *tx)
                 .await?;
                 Some(id)
@@ -219,6 +221,68 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         Ok(row.map(new_job))
+    }
+
+    async fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT name, definition FROM campaigns ORDER BY name")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn save_campaign(
+        &self,
+        name: &str,
+        definition: &str,
+        changed_by: &str,
+        only_if_missing: bool,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<(String,)> =
+            sqlx::query_as("SELECT definition FROM campaigns WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if !campaign_changes(
+            existing.as_ref().map(|(d,)| d.as_str()),
+            definition,
+            only_if_missing,
+        ) {
+            return Ok(false);
+        }
+        let sql = if existing.is_some() {
+            "UPDATE campaigns SET definition = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE name = ?1".to_string()
+        } else {
+            numbered(INSERT_CAMPAIGN)
+        };
+        let stored = sqlx::query(&sql)
+            .bind(name)
+            .bind(definition)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if stored == 0 {
+            return Ok(false);
+        }
+        sqlx::query(&numbered(INSERT_REVISION))
+            .bind(name)
+            .bind(definition)
+            .bind(changed_by)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn campaign_revisions(&self, name: &str) -> Result<Vec<CampaignRevision>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, definition, changed_by, changed_at FROM campaign_revisions
+             WHERE name = ?1 ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError> {

@@ -45,7 +45,7 @@ fn new_fixture() -> Fixture {
             wake_workers: Default::default(),
             announce_jobs: Default::default(),
             passive: None,
-            grammar: Default::default(),
+            catalog: Default::default(),
         };
         (router(state), store, db)
     });
