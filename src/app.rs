@@ -19,6 +19,7 @@ use crate::deliver::Deliverer;
 use crate::deliver::passive::PassiveReplies;
 use crate::deliver::token::TokenService;
 use crate::engine::EngineHandle;
+use crate::filter::{self, ContentFilter};
 use crate::http::{AppState, metrics_handle, router};
 use crate::queue::Worker;
 use crate::store::{self, Store};
@@ -229,7 +230,7 @@ impl App {
 }
 
 /// Reads the campaigns from the database (first importing the seed folder's campaigns the database lacks, when
-/// `seed`) and builds the catalog messages are interpreted with.
+/// `seed`) and the filter words (file and table), and builds the catalog messages are interpreted with.
 async fn load_catalog(
     store: &dyn Store,
     settings: &Settings,
@@ -250,7 +251,16 @@ async fn load_catalog(
     let campaigns = campaign::load_stored(store)
         .await
         .context("reading campaigns")?;
-    Ok(Catalog::new(settings, campaigns))
+    let mut words = store.filter_words().await.context("reading filter_words")?;
+    match filter::read_word_file(&settings.filter.words_file) {
+        Ok(listed) => words.extend(listed),
+        Err(e) if seed => {
+            tracing::warn!(error = %e, "content filter word list not read; only filter_words applies")
+        }
+        Err(_) => {}
+    }
+    let filter = ContentFilter::new(words).context("building the content filter")?;
+    Ok(Catalog::new(settings, campaigns, filter))
 }
 
 /// Re-reads the campaigns every `reload_secs` until `stop`.

@@ -38,6 +38,15 @@ pub enum Command {
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Usage per day (Asia/Shanghai), campaign and channel, from the `usage_daily` view.
+    Usage {
+        /// `Nd` for the last N days including today, or a first day `YYYY-MM-DD`.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::usage::UsageFormat,
+    },
     /// Campaigns in the database: import TOML definitions (each change kept as a revision), export, list.
     #[command(subcommand)]
     Campaign(CampaignCommand),
@@ -248,6 +257,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Standin(options) => standin(options).await,
         Command::Campaign(command) => campaign(command).await,
+        Command::Usage { since, format } => {
+            let settings = load_settings()?;
+            let today = crate::usage::today(time::OffsetDateTime::now_utc());
+            let first = crate::usage::first_day(&since, today)?;
+            let store = store::connect(&settings.database).await?;
+            store.migrate().await?;
+            let rows = store.usage(&first.to_string()).await?;
+            print!("{}", crate::usage::render(&rows, format));
+            Ok(())
+        }
     }
 }
 

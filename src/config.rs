@@ -47,6 +47,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// Where campaigns come from.
     pub campaigns: CampaignSettings,
+    /// The content filter.
+    pub filter: FilterSettings,
     /// Reply texts.
     pub replies: ReplySettings,
     /// Logging.
@@ -183,6 +185,13 @@ pub struct CampaignSettings {
     pub reload_secs: f64,
 }
 
+/// `[filter]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilterSettings {
+    /// The shipped word list (one entry a line), extended by the `filter_words` table.
+    pub words_file: std::path::PathBuf,
+}
+
 /// `[replies]`: every text a follower can receive.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReplySettings {
@@ -224,6 +233,8 @@ pub struct ReplySettings {
     pub campaign_not_started: String,
     /// A campaign request after the campaign ended, unless the campaign says otherwise.
     pub campaign_ended: String,
+    /// A request the content filter stopped.
+    pub blocked: String,
 }
 
 /// `[log]`.

@@ -19,6 +19,8 @@ pub mod config;
 pub mod deliver;
 /// Stable Diffusion on ONNX Runtime.
 pub mod engine;
+/// The content filter.
+pub mod filter;
 /// `huabi generate`: prompts to labelled picture files.
 pub mod generate;
 /// The HTTP surface.
@@ -31,3 +33,5 @@ pub mod standin;
 pub mod store;
 /// Logging.
 pub mod telemetry;
+/// `huabi usage`: usage for operators.
+pub mod usage;

@@ -8,21 +8,25 @@ use time::OffsetDateTime;
 use crate::campaign::{Campaign, Campaigns, Window};
 use crate::channel::{Event, InboundKind, Reply};
 use crate::config::{ReplySettings, Settings};
-use crate::store::{NewJob, QueueStatus};
+use crate::filter::ContentFilter;
+use crate::store::{NewJob, QueueStatus, Refusal, RefusalReason};
 use grammar::{Command, Grammar, PaintRequest, sized};
 
-/// What a node interprets messages with: the grammar (with the campaigns' keywords) and the campaigns.
+/// What a node interprets messages with: the grammar (with the campaigns' keywords), the campaigns and the
+/// content filter.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     /// The command grammar.
     pub grammar: Grammar,
     /// The campaigns in use.
     pub campaigns: Campaigns,
+    /// The content filter.
+    pub filter: ContentFilter,
 }
 
 impl Catalog {
     /// The grammar for `settings`' keywords plus every campaign's.
-    pub fn new(settings: &Settings, campaigns: Campaigns) -> Self {
+    pub fn new(settings: &Settings, campaigns: Campaigns, filter: ContentFilter) -> Self {
         Self {
             grammar: Grammar::new(
                 &settings.replies.help_keywords,
@@ -30,6 +34,7 @@ impl Catalog {
                 &campaigns.keywords(),
             ),
             campaigns,
+            filter,
         }
     }
 }
@@ -39,6 +44,13 @@ impl Catalog {
 pub enum Plan {
     /// Answer; no job.
     Reply(Reply),
+    /// Refuse a painting request politely; no job; the reason is recorded.
+    Refuse {
+        /// The passive reply.
+        reply: Reply,
+        /// Why.
+        refusal: Refusal,
+    },
     /// Admit a painting job and answer.
     Paint {
         /// The job.
@@ -100,14 +112,37 @@ pub fn plan(
     }
 }
 
+/// A refusal answered with `reply`.
+fn refuse(reply: &str, reason: RefusalReason, campaign: Option<&Campaign>, detail: String) -> Plan {
+    Plan::Refuse {
+        reply: text(reply),
+        refusal: Refusal {
+            reason,
+            campaign: campaign.map(|c| c.name.clone()),
+            detail,
+        },
+    }
+}
+
 /// The answer to a campaign request outside the campaign's window.
 fn outside(campaign: &Campaign, window: Window, replies: &ReplySettings) -> Plan {
-    let reply = match window {
-        Window::NotStarted => either(&campaign.replies.not_started, &replies.campaign_not_started)
-            .replace("{starts_at}", &campaign_time(&campaign.starts_at)),
-        _ => either(&campaign.replies.ended, &replies.campaign_ended).to_string(),
+    let (reply, state) = match window {
+        Window::NotStarted => (
+            either(&campaign.replies.not_started, &replies.campaign_not_started)
+                .replace("{starts_at}", &campaign_time(&campaign.starts_at)),
+            "not started",
+        ),
+        _ => (
+            either(&campaign.replies.ended, &replies.campaign_ended).to_string(),
+            "ended",
+        ),
     };
-    Plan::Reply(text(&reply))
+    refuse(
+        &reply,
+        RefusalReason::OutsideWindow,
+        Some(campaign),
+        state.into(),
+    )
 }
 
 /// `2027-09-08T00:00:00+08:00` as `2027-09-08 00:00`.
@@ -124,16 +159,23 @@ fn plan_text(words: &str, settings: &Settings, catalog: &Catalog, now: OffsetDat
         Ok(Command::Fetch) => Plan::Fetch,
         Ok(Command::Again) => Plan::Again,
         Ok(Command::Paint(request)) => {
-            let max_chars = settings.engine.max_prompt_chars;
-            if request.subject.chars().count() > max_chars {
-                return Plan::Reply(text(
-                    &replies.too_long.replace("{max}", &max_chars.to_string()),
-                ));
-            }
             let campaign = request
                 .campaign
                 .as_deref()
                 .and_then(|keyword| catalog.campaigns.by_keyword(keyword));
+            let max_chars = settings.engine.max_prompt_chars;
+            if request.subject.chars().count() > max_chars {
+                let reply = replies.too_long.replace("{max}", &max_chars.to_string());
+                return refuse(&reply, RefusalReason::Invalid, campaign, "too long".into());
+            }
+            if let Some(word) = catalog.filter.find(words) {
+                return refuse(
+                    &replies.blocked,
+                    RefusalReason::Blocked,
+                    campaign,
+                    word.to_string(),
+                );
+            }
             match campaign {
                 Some(campaign) => match campaign.window(now) {
                     Window::Open => Plan::Paint {
@@ -148,9 +190,12 @@ fn plan_text(words: &str, settings: &Settings, catalog: &Catalog, now: OffsetDat
                 },
             }
         }
-        Err(error) => Plan::Reply(text(
+        Err(error) => refuse(
             &replies.bad_command.replace("{detail}", &error.to_string()),
-        )),
+            RefusalReason::Invalid,
+            None,
+            error.to_string(),
+        ),
     }
 }
 
@@ -251,7 +296,11 @@ mod tests {
                 content: content.into(),
             },
             s,
-            &Catalog::new(s, Campaigns::default()),
+            &Catalog::new(
+                s,
+                Campaigns::default(),
+                ContentFilter::new(["暴力".to_string()]).expect("filter"),
+            ),
             OffsetDateTime::now_utc(),
         )
     }
@@ -293,12 +342,28 @@ mod tests {
             plan_for("额度", &s),
             Plan::Reply(text(&s.replies.quota_unlimited))
         );
-        let Plan::Reply(Reply::Text { text: bad }) = plan_for("猫 --seed abc", &s) else {
+        let Plan::Refuse {
+            reply: Reply::Text { text: bad },
+            refusal,
+        } = plan_for("猫 --seed abc", &s)
+        else {
             panic!("an error reply")
         };
         assert!(bad.contains("种子") && bad.contains("abc"), "{bad}");
+        assert_eq!(refusal.reason, RefusalReason::Invalid);
+        let Plan::Refuse { refusal, .. } = plan_for("画一个 暴 力 场景", &s) else {
+            panic!("blocked")
+        };
+        assert_eq!(
+            (refusal.reason, refusal.detail.as_str()),
+            (RefusalReason::Blocked, "暴力")
+        );
         let long = "月".repeat(s.engine.max_prompt_chars + 1);
-        let Plan::Reply(Reply::Text { text: refused }) = plan_for(&long, &s) else {
+        let Plan::Refuse {
+            reply: Reply::Text { text: refused },
+            ..
+        } = plan_for(&long, &s)
+        else {
             panic!("refused")
         };
         assert!(refused.contains(&s.engine.max_prompt_chars.to_string()));
@@ -360,7 +425,11 @@ mod tests {
             "/config/campaigns/mid-autumn.toml"
         )))
         .expect("campaign");
-        let catalog = Catalog::new(&s, Campaigns::new(vec![campaign.clone()]));
+        let catalog = Catalog::new(
+            &s,
+            Campaigns::new(vec![campaign.clone()]),
+            ContentFilter::default(),
+        );
         let message = |content: &str| InboundKind::Text {
             content: content.into(),
         };
@@ -380,20 +449,23 @@ mod tests {
         assert_eq!(job.scheduler, "euler_a");
         assert_eq!(reply, text(&campaign.replies.received));
         let before = time::macros::datetime!(2027-09-01 12:00 +08:00);
-        let Plan::Reply(Reply::Text { text: early }) =
-            plan(&message("中秋 嫦娥"), &s, &catalog, before)
+        let Plan::Refuse {
+            reply: Reply::Text { text: early },
+            refusal,
+        } = plan(&message("中秋 嫦娥"), &s, &catalog, before)
         else {
             panic!("refused")
         };
+        assert_eq!(refusal.campaign.as_deref(), Some("mid-autumn"));
         assert!(
             early.contains("还没开始") && early.contains("2027-09-08 00:00"),
             "{early}"
         );
         let after = time::macros::datetime!(2027-10-01 12:00 +08:00);
-        assert_eq!(
+        assert!(matches!(
             plan(&message("赏月 月饼"), &s, &catalog, after),
-            Plan::Reply(text(&campaign.replies.ended))
-        );
+            Plan::Refuse { reply, .. } if reply == text(&campaign.replies.ended)
+        ));
         assert_eq!(
             plan(
                 &InboundKind::Event(Event::Subscribe { scene: None }),

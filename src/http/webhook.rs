@@ -9,11 +9,11 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::{AppState, error::ApiError};
-use crate::channel::wechat::WebhookQuery;
+use crate::channel::wechat::{Received, WebhookQuery};
 use crate::channel::{Inbound, Reply};
 use crate::command::{self, Plan};
 use crate::deliver::passive::PassiveReplies;
-use crate::store::{Admission, NewJob, Submission};
+use crate::store::{Admission, NewJob, Refusal, Submission};
 
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -43,27 +43,30 @@ pub async fn receive_wechat(
     let settings = &state.settings;
     let catalog = state.catalog();
     let plan = command::plan(&inbound.kind, settings, &catalog, OffsetDateTime::now_utc());
-    let reply = match plan {
-        Plan::Reply(reply) => admit(&state, passive, inbound, started, None, reply).await?,
-        Plan::Paint { job, reply } => {
-            admit(&state, passive, inbound, started, Some(job), reply).await?
-        }
-        Plan::Fetch => match passive {
-            Some(passive) => fetch_picture(&state, passive, inbound, started).await?,
-            None => {
-                let unavailable = Reply::Text {
-                    text: settings.replies.fetch_retry.clone(),
-                };
-                admit(&state, None, inbound, started, None, unavailable).await?
-            }
-        },
+    let answer = |job: Option<NewJob>, reply: Reply, refusal: Option<Refusal>| Submission {
+        inbound,
+        job,
+        reply,
+        refusal,
+    };
+    let text = |text: &str| Reply::Text {
+        text: text.to_string(),
+    };
+    if let (Plan::Fetch, Some(passive)) = (&plan, passive) {
+        let reply = fetch_picture(&state, passive, inbound, started).await?;
+        return Ok(respond(&state, &received, &reply));
+    }
+    let submission = match plan {
+        Plan::Reply(reply) => answer(None, reply, None),
+        Plan::Refuse { reply, refusal } => answer(None, reply, Some(refusal)),
+        Plan::Paint { job, reply } => answer(Some(job), reply, None),
+        Plan::Fetch => answer(None, text(&settings.replies.fetch_retry), None),
         Plan::Status => {
             let status = state
                 .store
                 .queue_status(inbound.channel, &inbound.account, &inbound.user_id)
                 .await?;
-            let reply = command::status_reply(status, &settings.replies);
-            admit(&state, passive, inbound, started, None, reply).await?
+            answer(None, command::status_reply(status, &settings.replies), None)
         }
         Plan::Again => {
             let last = state
@@ -71,26 +74,24 @@ pub async fn receive_wechat(
                 .last_request(inbound.channel, &inbound.account, &inbound.user_id)
                 .await?;
             match last {
-                Some(job) => {
-                    let reply = command::received(settings);
-                    admit(&state, passive, inbound, started, Some(job), reply).await?
-                }
-                None => {
-                    let reply = Reply::Text {
-                        text: settings.replies.again_nothing.clone(),
-                    };
-                    admit(&state, passive, inbound, started, None, reply).await?
-                }
+                Some(job) => answer(Some(job), command::received(settings), None),
+                None => answer(None, text(&settings.replies.again_nothing), None),
             }
         }
     };
-    let body = state.wechat.render_reply(&received, &reply, now());
-    let content_type = if reply == Reply::None {
+    let reply = admit(&state, passive, started, submission).await?;
+    Ok(respond(&state, &received, &reply))
+}
+
+/// The HTTP answer carrying `reply`, encrypted when the request was.
+fn respond(state: &AppState, received: &Received, reply: &Reply) -> Response {
+    let body = state.wechat.render_reply(received, reply, now());
+    let content_type = if *reply == Reply::None {
         "text/plain; charset=utf-8"
     } else {
         "application/xml; charset=utf-8"
     };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Admits the message (and its job), then, when the job finishes within the fast-path window, answers with the
@@ -98,25 +99,16 @@ pub async fn receive_wechat(
 async fn admit(
     state: &AppState,
     passive: Option<&PassiveReplies>,
-    inbound: &Inbound,
     started: Instant,
-    job: Option<NewJob>,
-    reply: Reply,
+    mut submission: Submission<'_>,
 ) -> Result<Reply, ApiError> {
+    let inbound = submission.inbound;
     let delivery = &state.settings.delivery;
     let fast_path = passive.filter(|_| delivery.fast_path_secs > 0.0);
-    let job = job.map(|mut job| {
-        if fast_path.is_some() {
-            // Deliverers leave the job to this request until its answer window is over.
-            job.deliver_after_secs = delivery.fast_path_secs + 1.0;
-        }
-        job
-    });
-    let submission = Submission {
-        inbound,
-        job,
-        reply,
-    };
+    if let (Some(job), Some(_)) = (submission.job.as_mut(), fast_path) {
+        // Deliverers leave the job to this request until its answer window is over.
+        job.deliver_after_secs = delivery.fast_path_secs + 1.0;
+    }
     let (stored, job_id) = match state.store.submit(&submission).await? {
         Admission::Accepted { job_id } => {
             metrics::counter!("huabi_webhook_admitted_total", "job" => if job_id.is_some() { "yes" } else { "no" })
@@ -165,6 +157,7 @@ async fn fetch_picture(
 ) -> Result<Reply, ApiError> {
     let waiting = passive.claim_waiting(inbound).await?;
     let submission = Submission {
+        refusal: None,
         inbound,
         job: None,
         reply: passive.fetch_text(waiting),

@@ -45,6 +45,66 @@ pub struct Submission<'a> {
     pub job: Option<NewJob>,
     /// The reply to store, so retries of the message get the same answer.
     pub reply: Reply,
+    /// Why a painting request was refused, when it was (recorded for operators).
+    pub refusal: Option<Refusal>,
+}
+
+/// A painting request huabi answered without a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The campaign it was for, if any.
+    pub campaign: Option<String>,
+    /// What matched or what was wrong.
+    pub detail: String,
+}
+
+/// The kinds of [`Refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The content filter matched.
+    Blocked,
+    /// The request was malformed (bad option, too long).
+    Invalid,
+    /// The campaign was not running.
+    OutsideWindow,
+}
+
+impl RefusalReason {
+    /// The name stored in `inbound_messages.decision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Blocked => "blocked",
+            RefusalReason::Invalid => "invalid",
+            RefusalReason::OutsideWindow => "outside_window",
+        }
+    }
+}
+
+impl Submission<'_> {
+    /// `admitted`, `answered` (no painting asked) or the refusal's reason, for `inbound_messages.decision`.
+    pub fn decision(&self) -> &'static str {
+        match (&self.job, &self.refusal) {
+            (Some(_), _) => "admitted",
+            (None, Some(refusal)) => refusal.reason.as_str(),
+            (None, None) => "answered",
+        }
+    }
+
+    /// The campaign of the job or the refused request.
+    pub fn campaign(&self) -> Option<&str> {
+        match (&self.job, &self.refusal) {
+            (Some(job), _) => job.campaign.as_deref(),
+            (None, Some(refusal)) => refusal.campaign.as_deref(),
+            (None, None) => None,
+        }
+    }
+
+    /// What the refusal matched, if anything.
+    pub fn detail(&self) -> Option<&str> {
+        self.refusal.as_ref().map(|r| r.detail.as_str())
+    }
 }
 
 /// A painting request to admit.
@@ -301,6 +361,35 @@ pub struct CampaignRevision {
     pub changed_at: OffsetDateTime,
 }
 
+/// One row of the `usage_daily` view.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct UsageRow {
+    /// Day in Asia/Shanghai, `YYYY-MM-DD`.
+    pub day: String,
+    /// Campaign name, `''` for free prompts.
+    pub campaign: String,
+    /// Channel.
+    pub channel: String,
+    /// Painting requests (admitted or refused).
+    pub requests: i64,
+    /// Jobs created.
+    pub admitted: i64,
+    /// Refused by a limit.
+    pub limited: i64,
+    /// Refused by the content filter.
+    pub blocked: i64,
+    /// Painted (done or delivered).
+    pub painted: i64,
+    /// Delivered.
+    pub delivered: i64,
+    /// Failed for good.
+    pub failed: i64,
+    /// Median seconds from ack to delivery.
+    pub p50_secs: Option<f64>,
+    /// 95th percentile of the same.
+    pub p95_secs: Option<f64>,
+}
+
 /// Where a follower's paintings stand in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct QueueStatus {
@@ -363,6 +452,10 @@ pub trait Store: Send + Sync + 'static {
         account: &str,
         user_id: &str,
     ) -> Result<Option<NewJob>, StoreError>;
+    /// The content filter's entries added in the database.
+    async fn filter_words(&self) -> Result<Vec<String>, StoreError>;
+    /// Rows of `usage_daily` from `since` (`YYYY-MM-DD`, Asia/Shanghai) on, newest first.
+    async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError>;
     /// Every campaign in use.
     async fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError>;
     /// Stores a campaign definition and a revision naming `changed_by`, unless it is unchanged (or, with

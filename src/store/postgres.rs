@@ -10,8 +10,8 @@ use super::{
     AccountState, Admission, CLAIM_TOKEN_REFRESH, CampaignRevision, Counts, DeliveryEnd,
     DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow, JobTiming,
     LAST_REQUEST, LeasedJob, NewJob, QueueStatus, RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN,
-    Store, StoreError, StoredCampaign, Submission, Waiting, account_state, campaign_changes,
-    decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
+    Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state,
+    campaign_changes, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -20,8 +20,9 @@ use crate::config::DatabaseSettings;
 /// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.
 const SUBMIT: &str = "
 WITH inbound AS (
-    INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply,
+                                  decision, campaign, decision_detail)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $19, $20, $21)
     ON CONFLICT (channel, account, dedup_key) DO NOTHING
     RETURNING id
 ), job AS (
@@ -142,6 +143,9 @@ impl Store for PgStore {
             .bind(job.map(|j| j.deliver_after_secs).unwrap_or(0.0))
             .bind(job.and_then(|j| j.seed))
             .bind(job.and_then(|j| j.campaign.as_deref()))
+            .bind(s.decision())
+            .bind(s.campaign())
+            .bind(s.detail())
             .fetch_one(&self.pool)
             .await?;
         if inbound_id.is_some() {
@@ -216,6 +220,24 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(new_job))
+    }
+
+    async fn filter_words(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT word FROM filter_words ORDER BY word")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(w,)| w).collect())
+    }
+
+    async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT day::text AS day, campaign, channel, requests, admitted, limited, blocked, painted, delivered,
+                    failed, p50_secs, p95_secs
+             FROM usage_daily WHERE day::text >= $1 ORDER BY day DESC, campaign, channel",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {

@@ -15,8 +15,8 @@ use super::{
     AccountState, Admission, CLAIM_TOKEN_REFRESH, CampaignRevision, Counts, DeliveryEnd,
     DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow, JobTiming,
     LAST_REQUEST, LeasedJob, NewJob, QueueStatus, RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN,
-    Store, StoreError, StoredCampaign, Submission, Waiting, account_state, campaign_changes,
-    decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
+    Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state,
+    campaign_changes, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -105,8 +105,9 @@ impl Store for SqliteStore {
         let m = s.inbound;
         let mut tx = self.writer.begin().await?;
         let inserted: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply,
+                                           decision, campaign, decision_detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (channel, account, dedup_key) DO NOTHING
              RETURNING id",
         )
@@ -117,6 +118,9 @@ impl Store for SqliteStore {
         .bind(&m.message_id)
         .bind(m.kind.name())
         .bind(encode_reply(&s.reply))
+        .bind(s.decision())
+        .bind(s.campaign())
+        .bind(s.detail())
         .fetch_optional(&mut *tx)
         .await?;
         let Some((inbound_id,)) = inserted else {
@@ -221,6 +225,24 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         Ok(row.map(new_job))
+    }
+
+    async fn filter_words(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT word FROM filter_words ORDER BY word")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().map(|(w,)| w).collect())
+    }
+
+    async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT day AS day, campaign, channel, requests, admitted, limited, blocked, painted, delivered,
+                    failed, p50_secs, p95_secs
+             FROM usage_daily WHERE day >= ?1 ORDER BY day DESC, campaign, channel",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     async fn campaigns(&self) -> Result<Vec<StoredCampaign>, StoreError> {

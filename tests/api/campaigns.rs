@@ -16,8 +16,8 @@ fn shipped() -> Campaign {
     .expect("shipped campaign")
 }
 
-/// The shipped campaign, renamed and moved to a window `from_days`..`to_days` around now, with its own keyword.
-fn shifted(name: &str, keyword: &str, from_days: i64, to_days: i64) -> Campaign {
+/// The shipped campaign, renamed, shrunk to 64² in 2 steps, and moved to a window `from_days`..`to_days` around now, with its own keyword.
+pub fn shifted(name: &str, keyword: &str, from_days: i64, to_days: i64) -> Campaign {
     let now = OffsetDateTime::now_utc();
     let at = |days| {
         (now + time::Duration::days(days))
@@ -29,6 +29,10 @@ fn shifted(name: &str, keyword: &str, from_days: i64, to_days: i64) -> Campaign 
         keywords: vec![keyword.into()],
         starts_at: at(from_days),
         ends_at: at(to_days),
+        // Small and quick, for the tests that paint.
+        width: 64,
+        height: 64,
+        steps: 2,
         ..shipped()
     }
 }
@@ -122,7 +126,10 @@ async fn campaign_requests_inside_and_outside_their_window(backend: Backend) {
         "{}",
         job.prompt
     );
-    assert_eq!((job.scheduler.as_str(), job.steps), ("euler_a", 20));
+    assert_eq!(
+        (job.scheduler.as_str(), job.steps, job.width),
+        ("euler_a", 2, 64)
+    );
 }
 
 on_both_databases!(

@@ -28,7 +28,7 @@ pub async fn start_standin(options: StandInOptions) -> (StandIn, String) {
 }
 
 /// Environment for an app that paints small pictures fast and delivers to `api_base`.
-fn delivering(api_base: &str, fast_path_secs: &str) -> Vec<(&'static str, String)> {
+pub fn delivering(api_base: &str, fast_path_secs: &str) -> Vec<(&'static str, String)> {
     vec![
         (
             "HUABI__ENGINE__MODEL_DIR",
@@ -48,7 +48,7 @@ fn delivering(api_base: &str, fast_path_secs: &str) -> Vec<(&'static str, String
     ]
 }
 
-async fn spawn_delivering(
+pub async fn spawn_delivering(
     backend: Backend,
     env: &[(&'static str, String)],
     extra: &[(&'static str, &str)],

@@ -41,6 +41,7 @@ async fn finished_job(s: &dyn Store, user: &str, n: u32, ok: bool, deliver_after
     };
     let admission = s
         .submit(&Submission {
+            refusal: None,
             inbound: &m,
             job: Some(job),
             reply: Reply::Text {
@@ -170,6 +171,7 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
         media_id: "m-held".into(),
     };
     s.submit(&Submission {
+        refusal: None,
         inbound: &fetch,
         job: None,
         reply: Reply::None,
@@ -187,6 +189,7 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
     );
     let retried = s
         .submit(&Submission {
+            refusal: None,
             inbound: &fetch,
             job: None,
             reply: Reply::None,
@@ -257,6 +260,7 @@ async fn the_fast_path_window_keeps_deliverers_away(backend: Backend) {
     );
     let retry = s
         .submit(&Submission {
+            refusal: None,
             inbound: &m,
             job: None,
             reply: Reply::None,

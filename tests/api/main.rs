@@ -23,5 +23,6 @@ mod interop;
 mod queue_contract;
 mod store_contract;
 mod two_nodes;
+mod usage;
 mod webhook;
 mod worker;

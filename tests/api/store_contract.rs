@@ -42,6 +42,7 @@ async fn first_submission_creates_a_queued_job(backend: Backend) {
     let m = text("u1", "100", "月亮");
     let got = store
         .submit(&Submission {
+            refusal: None,
             inbound: &m,
             job: Some(job("月亮")),
             reply: reply("ok"),
@@ -76,6 +77,7 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     let store = store_for(&db).await;
     let m = text("u1", "101", "桂花");
     let first = Submission {
+        refusal: None,
         inbound: &m,
         job: Some(job("桂花")),
         reply: reply("first reply"),
@@ -88,6 +90,7 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     };
     // The retry computes a different reply; the stored one wins.
     let retry = Submission {
+        refusal: None,
         inbound: &m,
         job: Some(job("桂花")),
         reply: reply("other"),
@@ -120,6 +123,7 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
         ..text("u2", "x", "")
     };
     let s = Submission {
+        refusal: None,
         inbound: &m,
         job: None,
         reply: reply("welcome"),
@@ -140,6 +144,7 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
         ..m.clone()
     };
     let s = Submission {
+        refusal: None,
         inbound: &silent,
         job: None,
         reply: Reply::None,
@@ -172,6 +177,7 @@ async fn same_msg_id_from_different_users_or_accounts_are_different_messages(bac
     };
     for m in [&a, &b, &c] {
         let s = Submission {
+            refusal: None,
             inbound: m,
             job: Some(job("p")),
             reply: reply("r"),
@@ -195,6 +201,7 @@ async fn concurrent_retries_admit_exactly_once(backend: Backend) {
                 let m = text("racer", &format!("9{msg}"), "race");
                 store
                     .submit(&Submission {
+                        refusal: None,
                         inbound: &m,
                         job: Some(job("race")),
                         reply: reply("r"),
@@ -232,6 +239,7 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     let m = text("u'1", "5", prompt);
     store
         .submit(&Submission {
+            refusal: None,
             inbound: &m,
             job: Some(job(prompt)),
             reply: reply(prompt),
@@ -241,6 +249,7 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     assert_eq!(store.recent_jobs(1).await.expect("jobs")[0].prompt, prompt);
     let dup = store
         .submit(&Submission {
+            refusal: None,
             inbound: &m,
             job: None,
             reply: Reply::None,

@@ -1,0 +1,183 @@
+//! `huabi usage`: the `usage_daily` view for operators, as a table, JSON or CSV.
+
+use std::fmt::Write as _;
+
+use time::macros::offset;
+use time::{Date, Duration, OffsetDateTime};
+
+use crate::store::UsageRow;
+
+/// Why `--since` was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("--since takes a number of days like 7d, or a date like 2027-09-08: {0:?}")]
+pub struct SinceError(String);
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageFormat {
+    /// Aligned columns.
+    Table,
+    /// A JSON array of rows.
+    Json,
+    /// Comma-separated values with a header.
+    Csv,
+}
+
+/// Today in Asia/Shanghai (the day usage is counted in).
+pub fn today(now: OffsetDateTime) -> Date {
+    now.to_offset(offset!(+8)).date()
+}
+
+/// The first day `since` covers: `Nd` = the last N days including today, or a `YYYY-MM-DD` date.
+pub fn first_day(since: &str, today: Date) -> Result<Date, SinceError> {
+    let bad = || SinceError(since.chars().take(40).collect());
+    if let Some(days) = since.strip_suffix('d') {
+        let days: i64 = days.parse().map_err(|_| bad())?;
+        if !(1..=3660).contains(&days) {
+            return Err(bad());
+        }
+        return Ok(today - Duration::days(days - 1));
+    }
+    Date::parse(
+        since,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| bad())
+}
+
+const HEADER: [&str; 12] = [
+    "day",
+    "campaign",
+    "channel",
+    "requests",
+    "admitted",
+    "limited",
+    "blocked",
+    "painted",
+    "delivered",
+    "failed",
+    "p50_secs",
+    "p95_secs",
+];
+
+fn cells(row: &UsageRow) -> [String; 12] {
+    let secs = |v: Option<f64>| v.map_or(String::new(), |s| format!("{s:.2}"));
+    [
+        row.day.clone(),
+        row.campaign.clone(),
+        row.channel.clone(),
+        row.requests.to_string(),
+        row.admitted.to_string(),
+        row.limited.to_string(),
+        row.blocked.to_string(),
+        row.painted.to_string(),
+        row.delivered.to_string(),
+        row.failed.to_string(),
+        secs(row.p50_secs),
+        secs(row.p95_secs),
+    ]
+}
+
+/// The rows in `format`.
+pub fn render(rows: &[UsageRow], format: UsageFormat) -> String {
+    match format {
+        UsageFormat::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
+        UsageFormat::Csv => {
+            let quote = |cell: &str| {
+                if cell.contains([',', '"', '\n']) {
+                    format!("\"{}\"", cell.replace('"', "\"\""))
+                } else {
+                    cell.to_string()
+                }
+            };
+            let mut out = HEADER.join(",") + "\n";
+            for row in rows {
+                let line: Vec<String> = cells(row).iter().map(|c| quote(c)).collect();
+                out.push_str(&line.join(","));
+                out.push('\n');
+            }
+            out
+        }
+        UsageFormat::Table => {
+            let body: Vec<[String; 12]> = rows.iter().map(cells).collect();
+            let width = |i: usize| {
+                body.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([HEADER[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            };
+            let widths: Vec<usize> = (0..HEADER.len()).map(width).collect();
+            let mut out = String::new();
+            let header = HEADER.map(str::to_string);
+            for line in std::iter::once(&header).chain(body.iter()) {
+                for (i, cell) in line.iter().enumerate() {
+                    let pad = widths[i].saturating_sub(cell.chars().count());
+                    let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+                }
+                out = out.trim_end().to_string();
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::{date, datetime};
+
+    fn row() -> UsageRow {
+        UsageRow {
+            day: "2027-09-10".into(),
+            campaign: "mid,autumn".into(),
+            channel: "wechat".into(),
+            requests: 8,
+            admitted: 5,
+            limited: 1,
+            blocked: 2,
+            painted: 5,
+            delivered: 4,
+            failed: 0,
+            p50_secs: Some(3.14659),
+            p95_secs: None,
+        }
+    }
+
+    #[test]
+    fn since_reads_days_or_a_date() {
+        let today = today(datetime!(2027-09-10 17:00 UTC));
+        assert_eq!(
+            today,
+            date!(2027 - 09 - 11),
+            "Shanghai is already on the next day"
+        );
+        assert_eq!(first_day("1d", today).expect("1d"), today);
+        assert_eq!(first_day("7d", today).expect("7d"), date!(2027 - 09 - 05));
+        assert_eq!(
+            first_day("2027-09-01", today).expect("date"),
+            date!(2027 - 09 - 01)
+        );
+        for bad in ["", "d", "0d", "-3d", "7", "7w", "2027-13-01", "99999999d"] {
+            assert!(first_day(bad, today).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        let rows = [row()];
+        let csv = render(&rows, UsageFormat::Csv);
+        assert_eq!(
+            csv.lines().nth(1),
+            Some("2027-09-10,\"mid,autumn\",wechat,8,5,1,2,5,4,0,3.15,")
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, UsageFormat::Json)).expect("json");
+        assert_eq!(json[0]["blocked"], 2);
+        let table = render(&rows, UsageFormat::Table);
+        assert!(table.starts_with("day         campaign"), "{table}");
+        assert_eq!(table.lines().count(), 2);
+        assert_eq!(render(&[], UsageFormat::Json), "[]");
+    }
+}
