@@ -49,6 +49,8 @@ pub struct Settings {
     pub campaigns: CampaignSettings,
     /// The content filter.
     pub filter: FilterSettings,
+    /// Per-follower limits and backpressure.
+    pub limits: LimitSettings,
     /// Reply texts.
     pub replies: ReplySettings,
     /// Logging.
@@ -185,6 +187,23 @@ pub struct CampaignSettings {
     pub reload_secs: f64,
 }
 
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Requests per follower per day (Asia/Shanghai); a campaign's `daily_quota` overrides it; 0 = unlimited.
+    pub per_day: u32,
+    /// Requests per follower per clock minute; 0 = unlimited.
+    pub per_minute: u32,
+    /// Jobs one follower may have queued or painting; 0 = unlimited.
+    pub in_flight: u32,
+    /// Queued jobs above which requests get the busy reply and no job; 0 = never.
+    pub busy_queue: u32,
+    /// Followers (user ids) with no limits.
+    pub allow: Vec<String>,
+    /// Followers never painted for.
+    pub deny: Vec<String>,
+}
+
 /// `[filter]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FilterSettings {
@@ -235,6 +254,20 @@ pub struct ReplySettings {
     pub campaign_ended: String,
     /// A request the content filter stopped.
     pub blocked: String,
+    /// 额度 with a daily limit; `{left}` and `{limit}` are filled in.
+    pub quota_left: String,
+    /// The daily quota is used up; `{limit}`.
+    pub limited_per_day: String,
+    /// Too many this minute; `{limit}`.
+    pub limited_per_minute: String,
+    /// Too many queued or painting; `{limit}`.
+    pub limited_in_flight: String,
+    /// The campaign's daily cap is reached.
+    pub limited_campaign_cap: String,
+    /// The queue is too deep.
+    pub busy: String,
+    /// A deny-listed follower.
+    pub denied: String,
 }
 
 /// `[log]`.
@@ -270,6 +303,9 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("replies.help_keywords")
+                .with_list_parse_key("delivery.fetch_keywords")
+                .with_list_parse_key("limits.allow")
+                .with_list_parse_key("limits.deny")
                 .try_parsing(true)
                 .source(Some(huabi_env.clone())),
         );

@@ -25,6 +25,8 @@ pub mod filter;
 pub mod generate;
 /// The HTTP surface.
 pub mod http;
+/// Per-follower limits: the pure policy.
+pub mod limits;
 /// The worker: leases batches of jobs and paints them.
 pub mod queue;
 /// A local stand-in for WeChat's API, for tests and trying huabi without an account.

@@ -331,6 +331,11 @@ impl Campaigns {
         })
     }
 
+    /// The campaign of this name.
+    pub fn by_name(&self, name: &str) -> Option<&Campaign> {
+        self.all.iter().rev().find(|c| c.name == name)
+    }
+
     /// The campaign a menu key starts.
     pub fn by_menu_key(&self, key: &str) -> Option<&Campaign> {
         self.all

@@ -9,7 +9,8 @@ use crate::campaign::{Campaign, Campaigns, Window};
 use crate::channel::{Event, InboundKind, Reply};
 use crate::config::{ReplySettings, Settings};
 use crate::filter::ContentFilter;
-use crate::store::{NewJob, QueueStatus, Refusal, RefusalReason};
+use crate::limits::{Limits, Listing};
+use crate::store::{LimitCheck, NewJob, QueueStatus, Refusal, RefusalReason, RefusalTexts};
 use grammar::{Command, Grammar, PaintRequest, sized};
 
 /// What a node interprets messages with: the grammar (with the campaigns' keywords), the campaigns and the
@@ -62,6 +63,8 @@ pub enum Plan {
     Fetch,
     /// 进度: answer with the queue position.
     Status,
+    /// 额度: answer with what is left today.
+    Quota,
     /// 重画: paint the follower's last request again with a new seed.
     Again,
 }
@@ -154,7 +157,7 @@ fn plan_text(words: &str, settings: &Settings, catalog: &Catalog, now: OffsetDat
     let replies = &settings.replies;
     match catalog.grammar.parse(words) {
         Ok(Command::Help) => Plan::Reply(text(&replies.help)),
-        Ok(Command::Quota) => Plan::Reply(text(&replies.quota_unlimited)),
+        Ok(Command::Quota) => Plan::Quota,
         Ok(Command::Status) => Plan::Status,
         Ok(Command::Fetch) => Plan::Fetch,
         Ok(Command::Again) => Plan::Again,
@@ -257,6 +260,74 @@ fn with_options(job: NewJob, request: &PaintRequest, settings: &Settings) -> New
     }
 }
 
+/// The limits `job` must pass for `user_id` at `now`: the configured ones, with its campaign's quota and cap.
+/// `None` when nothing limits it (every limit 0 and no lists), so admission stays one statement.
+pub fn limit_check(
+    settings: &Settings,
+    campaigns: &Campaigns,
+    job: &NewJob,
+    user_id: &str,
+    now: OffsetDateTime,
+) -> Option<LimitCheck> {
+    let l = &settings.limits;
+    let campaign = job
+        .campaign
+        .as_deref()
+        .and_then(|name| campaigns.by_name(name));
+    let per_day = campaign
+        .map(|c| c.daily_quota)
+        .filter(|q| *q > 0)
+        .unwrap_or(l.per_day);
+    let listing = if l.allow.iter().any(|u| u == user_id) {
+        Listing::Allowed
+    } else if l.deny.iter().any(|u| u == user_id) {
+        Listing::Denied
+    } else {
+        Listing::Normal
+    };
+    let limits = Limits {
+        per_day,
+        per_minute: l.per_minute,
+        in_flight: l.in_flight,
+        campaign_per_day: campaign.map_or(0, |c| c.daily_cap),
+        busy_queue: l.busy_queue,
+    };
+    if limits == Limits::default() && listing == Listing::Normal {
+        return None;
+    }
+    let r = &settings.replies;
+    let with_limit = |text: &str, limit: u32| text.replace("{limit}", &limit.to_string());
+    Some(LimitCheck {
+        limits,
+        listing,
+        now,
+        replies: RefusalTexts {
+            denied: r.denied.clone(),
+            per_day: with_limit(&r.limited_per_day, per_day),
+            per_minute: with_limit(&r.limited_per_minute, l.per_minute),
+            in_flight: with_limit(&r.limited_in_flight, l.in_flight),
+            campaign_cap: r.limited_campaign_cap.clone(),
+            busy: r.busy.clone(),
+        },
+    })
+}
+
+/// The answer to 额度, given the follower's requests today.
+pub fn quota_reply(used_today: i64, settings: &Settings) -> Reply {
+    let limit = settings.limits.per_day;
+    if limit == 0 {
+        return text(&settings.replies.quota_unlimited);
+    }
+    let left = (i64::from(limit) - used_today).max(0);
+    text(
+        &settings
+            .replies
+            .quota_left
+            .replace("{left}", &left.to_string())
+            .replace("{limit}", &limit.to_string()),
+    )
+}
+
 /// The answer to 进度.
 pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
     if status.open == 0 {
@@ -338,10 +409,9 @@ mod tests {
         assert_eq!(plan_for("进度", &s), Plan::Status);
         assert_eq!(plan_for("取图", &s), Plan::Fetch);
         assert_eq!(plan_for("重画", &s), Plan::Again);
-        assert_eq!(
-            plan_for("额度", &s),
-            Plan::Reply(text(&s.replies.quota_unlimited))
-        );
+        assert_eq!(plan_for("额度", &s), Plan::Quota);
+        assert_eq!(quota_reply(3, &s), text("今天还能画 17 张（每天 20 张）。"));
+        assert_eq!(quota_reply(30, &s), text("今天还能画 0 张（每天 20 张）。"));
         let Plan::Refuse {
             reply: Reply::Text { text: bad },
             refusal,

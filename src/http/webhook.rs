@@ -42,9 +42,13 @@ pub async fn receive_wechat(
     let passive = state.passive.as_deref().filter(|p| p.is_enabled());
     let settings = &state.settings;
     let catalog = state.catalog();
-    let plan = command::plan(&inbound.kind, settings, &catalog, OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
+    let plan = command::plan(&inbound.kind, settings, &catalog, now);
     let answer = |job: Option<NewJob>, reply: Reply, refusal: Option<Refusal>| Submission {
         inbound,
+        limits: job.as_ref().and_then(|job| {
+            command::limit_check(settings, &catalog.campaigns, job, &inbound.user_id, now)
+        }),
         job,
         reply,
         refusal,
@@ -61,6 +65,13 @@ pub async fn receive_wechat(
         Plan::Refuse { reply, refusal } => answer(None, reply, Some(refusal)),
         Plan::Paint { job, reply } => answer(Some(job), reply, None),
         Plan::Fetch => answer(None, text(&settings.replies.fetch_retry), None),
+        Plan::Quota => {
+            let used = state
+                .store
+                .requests_today(inbound.channel, &inbound.account, &inbound.user_id, now)
+                .await?;
+            answer(None, command::quota_reply(used, settings), None)
+        }
         Plan::Status => {
             let status = state
                 .store
@@ -120,6 +131,10 @@ async fn admit(
             }
             (submission.reply, job_id)
         }
+        Admission::Refused { reply } => {
+            metrics::counter!("huabi_webhook_limited_total").increment(1);
+            return Ok(reply);
+        }
         Admission::Duplicate { reply, job_id } => {
             metrics::counter!("huabi_webhook_duplicates_total").increment(1);
             tracing::info!(dedup_key = %inbound.dedup_key, "retry of an admitted message");
@@ -158,12 +173,13 @@ async fn fetch_picture(
     let waiting = passive.claim_waiting(inbound).await?;
     let submission = Submission {
         refusal: None,
+        limits: None,
         inbound,
         job: None,
         reply: passive.fetch_text(waiting),
     };
     match state.store.submit(&submission).await {
-        Ok(Admission::Accepted { .. }) => Ok(passive
+        Ok(Admission::Accepted { .. } | Admission::Refused { .. }) => Ok(passive
             .answer_fetch(inbound, waiting, started + ANSWER_WITHIN)
             .await
             .unwrap_or(submission.reply)),

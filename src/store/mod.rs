@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
+use crate::limits::{self, Limits, Listing, Refused, Usage};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -47,6 +48,110 @@ pub struct Submission<'a> {
     pub reply: Reply,
     /// Why a painting request was refused, when it was (recorded for operators).
     pub refusal: Option<Refusal>,
+    /// The limits a job must pass, decided inside the admission transaction.
+    pub limits: Option<LimitCheck>,
+}
+
+/// The limits one request must pass and what to answer when it does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitCheck {
+    /// The limits.
+    pub limits: Limits,
+    /// Allow or deny listing of the follower.
+    pub listing: Listing,
+    /// The time the request is counted at.
+    pub now: OffsetDateTime,
+    /// The answer for each refusal.
+    pub replies: RefusalTexts,
+}
+
+/// The answer to each kind of limit refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RefusalTexts {
+    /// Deny-listed.
+    pub denied: String,
+    /// Daily quota used.
+    pub per_day: String,
+    /// Too many this minute.
+    pub per_minute: String,
+    /// Too many in flight.
+    pub in_flight: String,
+    /// Campaign cap reached.
+    pub campaign_cap: String,
+    /// Queue too deep.
+    pub busy: String,
+}
+
+impl RefusalTexts {
+    /// The text for `refused`.
+    pub fn text(&self, refused: Refused) -> &str {
+        match refused {
+            Refused::Denied => &self.denied,
+            Refused::PerDay(_) => &self.per_day,
+            Refused::PerMinute(_) => &self.per_minute,
+            Refused::InFlight(_) => &self.in_flight,
+            Refused::CampaignCap(_) => &self.campaign_cap,
+            Refused::Busy => &self.busy,
+        }
+    }
+}
+
+/// A follower's usage row as read (and locked) by an admission, with the service-wide counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+struct LockedUsage {
+    day: i64,
+    day_count: i32,
+    minute: i64,
+    minute_count: i32,
+    in_flight: i32,
+    queued: i64,
+    campaign_today: i64,
+}
+
+impl LockedUsage {
+    /// The usage as seen at `now`: counts of an earlier day or minute are zero.
+    fn at(&self, now: OffsetDateTime) -> Usage {
+        Usage {
+            today: if self.day == limits::day_number(now) {
+                i64::from(self.day_count)
+            } else {
+                0
+            },
+            this_minute: if self.minute == limits::minute(now) {
+                i64::from(self.minute_count)
+            } else {
+                0
+            },
+            in_flight: i64::from(self.in_flight),
+            campaign_today: self.campaign_today,
+            queued: self.queued,
+        }
+    }
+}
+
+/// The submission to store after the limits refused `s`: no job, the refusal's text, the reason recorded.
+fn refused_submission<'a>(
+    s: &Submission<'a>,
+    check: &LimitCheck,
+    refused: Refused,
+) -> Submission<'a> {
+    Submission {
+        inbound: s.inbound,
+        job: None,
+        reply: Reply::Text {
+            text: check.replies.text(refused).to_string(),
+        },
+        refusal: Some(Refusal {
+            reason: if refused == Refused::Busy {
+                RefusalReason::Busy
+            } else {
+                RefusalReason::Limited
+            },
+            campaign: s.job.as_ref().and_then(|j| j.campaign.clone()),
+            detail: refused.name().to_string(),
+        }),
+        limits: None,
+    }
 }
 
 /// A painting request huabi answered without a job.
@@ -69,6 +174,10 @@ pub enum RefusalReason {
     Invalid,
     /// The campaign was not running.
     OutsideWindow,
+    /// A per-follower limit or the campaign's cap.
+    Limited,
+    /// The queue was too deep (backpressure).
+    Busy,
 }
 
 impl RefusalReason {
@@ -78,6 +187,8 @@ impl RefusalReason {
             RefusalReason::Blocked => "blocked",
             RefusalReason::Invalid => "invalid",
             RefusalReason::OutsideWindow => "outside_window",
+            RefusalReason::Limited => "limited",
+            RefusalReason::Busy => "busy",
         }
     }
 }
@@ -158,6 +269,11 @@ pub enum Admission {
     Accepted {
         /// The new job.
         job_id: Option<i64>,
+    },
+    /// First time this message was seen, but a limit refused its job; `reply` says why (and is stored).
+    Refused {
+        /// The refusal's reply.
+        reply: Reply,
     },
     /// A retry of a message already admitted; nothing was created.
     Duplicate {
@@ -438,6 +554,14 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError>;
     /// Row counts.
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// The follower's admitted requests on the Shanghai day of `now`.
+    async fn requests_today(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64, StoreError>;
     /// Where the follower's paintings stand.
     async fn queue_status(
         &self,
@@ -695,6 +819,35 @@ fn campaign_changes(existing: Option<&str>, definition: &str, only_if_missing: b
         Some(existing) => !only_if_missing && existing != definition,
     }
 }
+
+/// Reads and locks (creating it when missing) a follower's usage row, with the queue depth (counted up to `$6`,
+/// only when positive) and the campaign's requests since `$5` (only for a campaign `$4`). Both DBs.
+const LOCK_USAGE: &str = "
+INSERT INTO follower_usage (channel, account, user_id) VALUES ($1, $2, $3)
+ON CONFLICT (channel, account, user_id) DO UPDATE SET in_flight = follower_usage.in_flight
+RETURNING day, day_count, minute, minute_count, in_flight,
+    CASE WHEN CAST($6 AS BIGINT) > 0
+        THEN (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT $6) q) ELSE 0 END AS queued,
+    CASE WHEN CAST($4 AS TEXT) IS NULL THEN 0
+        ELSE (SELECT count(*) FROM jobs WHERE campaign = $4 AND created_at >= $5) END AS campaign_today";
+
+/// Counts an admitted job in the follower's usage row (`$1`-`$3` follower, `$4` day, `$5` minute). Both DBs.
+const COUNT_USAGE: &str = "
+UPDATE follower_usage SET
+    day_count = CASE WHEN day = $4 THEN day_count + 1 ELSE 1 END, day = $4,
+    minute_count = CASE WHEN minute = $5 THEN minute_count + 1 ELSE 1 END, minute = $5,
+    in_flight = in_flight + 1
+WHERE channel = $1 AND account = $2 AND user_id = $3";
+
+/// Frees the in-flight slot of job `$1`'s follower when the job is done or failed for good. Both DBs.
+const RELEASE_IN_FLIGHT: &str = "
+UPDATE follower_usage SET in_flight = CASE WHEN in_flight > 0 THEN in_flight - 1 ELSE 0 END
+WHERE (channel, account, user_id) = (SELECT channel, account, user_id FROM jobs WHERE id = $1)";
+
+/// The follower's requests on day `$4`. Both DBs.
+const REQUESTS_TODAY: &str = "
+SELECT CASE WHEN day = $4 THEN day_count ELSE 0 END FROM follower_usage
+WHERE channel = $1 AND account = $2 AND user_id = $3";
 
 /// A claimed `(id, status)` as [`Waiting`].
 fn waiting((job_id, status): (i64, String)) -> Waiting {

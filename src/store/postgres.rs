@@ -7,11 +7,12 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CLAIM_TOKEN_REFRESH, CampaignRevision, Counts, DeliveryEnd,
-    DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow, JobTiming,
-    LAST_REQUEST, LeasedJob, NewJob, QueueStatus, RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN,
-    Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state,
-    campaign_changes, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
+    AccountState, Admission, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision, Counts,
+    DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow,
+    JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
+    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store,
+    StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes,
+    decode_reply, encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -91,7 +92,61 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// Binds a submission to [`SUBMIT`]'s parameters.
+fn bind_submission<'q>(
+    query: sqlx::query::QueryAs<
+        'q,
+        sqlx::Postgres,
+        (Option<i64>, Option<i64>),
+        sqlx::postgres::PgArguments,
+    >,
+    s: &'q Submission<'_>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Option<i64>, Option<i64>), sqlx::postgres::PgArguments>
+{
+    let m = s.inbound;
+    let job = s.job.as_ref();
+    query
+        .bind(m.channel)
+        .bind(&m.account)
+        .bind(&m.dedup_key)
+        .bind(&m.user_id)
+        .bind(&m.message_id)
+        .bind(m.kind.name())
+        .bind(encode_reply(&s.reply))
+        .bind(source_msg_id(m))
+        .bind(job.map(|j| &j.prompt))
+        .bind(job.map(|j| &j.negative_prompt))
+        .bind(job.map(|j| j.width as i32))
+        .bind(job.map(|j| j.height as i32))
+        .bind(job.map(|j| j.steps as i32))
+        .bind(job.map(|j| &j.scheduler))
+        .bind(job.map(|j| j.guidance))
+        .bind(job.map(|j| j.deliver_after_secs).unwrap_or(0.0))
+        .bind(job.and_then(|j| j.seed))
+        .bind(job.and_then(|j| j.campaign.as_deref()))
+        .bind(s.decision())
+        .bind(s.campaign())
+        .bind(s.detail())
+}
+
 impl PgStore {
+    /// The stored reply (and job) of a message seen before.
+    async fn duplicate(&self, m: &Inbound) -> Result<Admission, StoreError> {
+        let (reply, job_id): (String, Option<i64>) = sqlx::query_as(
+            "SELECT m.reply, j.id FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
+             WHERE m.channel = $1 AND m.account = $2 AND m.dedup_key = $3",
+        )
+        .bind(m.channel)
+        .bind(&m.account)
+        .bind(&m.dedup_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Admission::Duplicate {
+            reply: decode_reply(&reply)?,
+            job_id,
+        })
+    }
+
     /// Opens a pool to the database.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
@@ -122,47 +177,55 @@ impl Store for PgStore {
     }
 
     async fn submit(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
+        let check = match (&s.job, &s.limits) {
+            (Some(_), Some(check)) => check,
+            _ => {
+                let (inbound_id, job_id) = bind_submission(sqlx::query_as(SUBMIT), s)
+                    .fetch_one(&self.pool)
+                    .await?;
+                return match inbound_id {
+                    Some(_) => Ok(Admission::Accepted { job_id }),
+                    None => self.duplicate(s.inbound).await,
+                };
+            }
+        };
         let m = s.inbound;
-        let job = s.job.as_ref();
-        let (inbound_id, job_id): (Option<i64>, Option<i64>) = sqlx::query_as(SUBMIT)
+        let mut tx = self.pool.begin().await?;
+        let usage: LockedUsage = sqlx::query_as(LOCK_USAGE)
             .bind(m.channel)
             .bind(&m.account)
-            .bind(&m.dedup_key)
             .bind(&m.user_id)
-            .bind(&m.message_id)
-            .bind(m.kind.name())
-            .bind(encode_reply(&s.reply))
-            .bind(source_msg_id(m))
-            .bind(job.map(|j| &j.prompt))
-            .bind(job.map(|j| &j.negative_prompt))
-            .bind(job.map(|j| j.width as i32))
-            .bind(job.map(|j| j.height as i32))
-            .bind(job.map(|j| j.steps as i32))
-            .bind(job.map(|j| &j.scheduler))
-            .bind(job.map(|j| j.guidance))
-            .bind(job.map(|j| j.deliver_after_secs).unwrap_or(0.0))
-            .bind(job.and_then(|j| j.seed))
-            .bind(job.and_then(|j| j.campaign.as_deref()))
-            .bind(s.decision())
-            .bind(s.campaign())
-            .bind(s.detail())
-            .fetch_one(&self.pool)
+            .bind(s.job.as_ref().and_then(|j| j.campaign.as_deref()))
+            .bind(limits::day_start(check.now))
+            .bind(i64::from(check.limits.busy_queue))
+            .fetch_one(&mut *tx)
             .await?;
-        if inbound_id.is_some() {
-            return Ok(Admission::Accepted { job_id });
+        let verdict = limits::decide(&check.limits, &usage.at(check.now), check.listing);
+        let refused = verdict.err().map(|r| refused_submission(s, check, r));
+        let stored = refused.as_ref().unwrap_or(s);
+        let (inbound_id, job_id) = bind_submission(sqlx::query_as(SUBMIT), stored)
+            .fetch_one(&mut *tx)
+            .await?;
+        if inbound_id.is_none() {
+            tx.rollback().await?;
+            return self.duplicate(m).await;
         }
-        let (reply, job_id): (String, Option<i64>) = sqlx::query_as(
-            "SELECT m.reply, j.id FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
-             WHERE m.channel = $1 AND m.account = $2 AND m.dedup_key = $3",
-        )
-        .bind(m.channel)
-        .bind(&m.account)
-        .bind(&m.dedup_key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Admission::Duplicate {
-            reply: decode_reply(&reply)?,
-            job_id,
+        if job_id.is_some() {
+            sqlx::query(COUNT_USAGE)
+                .bind(m.channel)
+                .bind(&m.account)
+                .bind(&m.user_id)
+                .bind(limits::day_number(check.now))
+                .bind(limits::minute(check.now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(match refused {
+            Some(refused) => Admission::Refused {
+                reply: refused.reply,
+            },
+            None => Admission::Accepted { job_id },
         })
     }
 
@@ -183,6 +246,23 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn requests_today(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        let row: Option<(i32,)> = sqlx::query_as(REQUESTS_TODAY)
+            .bind(channel)
+            .bind(account)
+            .bind(user_id)
+            .bind(limits::day_number(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |(n,)| i64::from(n)))
     }
 
     async fn queue_status(
@@ -365,6 +445,10 @@ impl Store for PgStore {
         if done == 0 {
             return Ok(false);
         }
+        sqlx::query(RELEASE_IN_FLIGHT)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO job_images (job_id, jpeg) VALUES ($1, $2)")
             .bind(id)
             .bind(jpeg)
@@ -394,6 +478,12 @@ impl Store for PgStore {
         .bind(max_attempts)
         .fetch_optional(&self.pool)
         .await?;
+        if matches!(status.as_ref(), Some((s,)) if s == "failed") {
+            sqlx::query(RELEASE_IN_FLIGHT)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(fate(status))
     }
 
@@ -407,7 +497,14 @@ impl Store for PgStore {
         .bind(max_attempts)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        let ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
+        for id in &ids {
+            sqlx::query(RELEASE_IN_FLIGHT)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(ids)
     }
 
     async fn release_leases(&self, worker: &str) -> Result<u64, StoreError> {

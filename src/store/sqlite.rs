@@ -12,11 +12,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CLAIM_TOKEN_REFRESH, CampaignRevision, Counts, DeliveryEnd,
-    DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow, JobTiming,
-    LAST_REQUEST, LeasedJob, NewJob, QueueStatus, RELEASE_TOKEN_REFRESH, RequestRow, SAVE_TOKEN,
-    Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state,
-    campaign_changes, decode_reply, encode_reply, fate, new_job, source_msg_id, waiting,
+    AccountState, Admission, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision, Counts,
+    DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow,
+    JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
+    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store,
+    StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes,
+    decode_reply, encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -39,6 +40,21 @@ const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, deliv
     delivered_at = CASE WHEN status = 'done' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END,
     delivered_via = CASE WHEN status = 'done' THEN ?3 END,
     notified_at = CASE WHEN status = 'failed' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END";
+/// `at` in the format every SQLite timestamp column uses.
+fn timestamp(at: time::OffsetDateTime) -> String {
+    let utc = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        utc.year(),
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.millisecond()
+    )
+}
+
 /// The shared PostgreSQL-style statements with SQLite's explicitly numbered parameters.
 fn numbered(sql: &str) -> String {
     sql.replace('$', "?")
@@ -101,9 +117,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn submit(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
-        let m = s.inbound;
+    async fn submit(&self, original: &Submission<'_>) -> Result<Admission, StoreError> {
+        let m = original.inbound;
         let mut tx = self.writer.begin().await?;
+        // The one writer connection serialises admissions, so deciding the limits here is atomic.
+        let check = original.job.as_ref().and(original.limits.as_ref());
+        let refused = match check {
+            Some(check) => {
+                let usage: LockedUsage = sqlx::query_as(&numbered(LOCK_USAGE))
+                    .bind(m.channel)
+                    .bind(&m.account)
+                    .bind(&m.user_id)
+                    .bind(original.job.as_ref().and_then(|j| j.campaign.as_deref()))
+                    .bind(timestamp(limits::day_start(check.now)))
+                    .bind(i64::from(check.limits.busy_queue))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                limits::decide(&check.limits, &usage.at(check.now), check.listing)
+                    .err()
+                    .map(|r| refused_submission(original, check, r))
+            }
+            None => None,
+        };
+        let s = refused.as_ref().unwrap_or(original);
         let inserted: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply,
                                            decision, campaign, decision_detail)
@@ -167,8 +203,23 @@ impl Store for SqliteStore {
             }
             None => None,
         };
+        if let (Some(check), Some(_)) = (check, job_id) {
+            sqlx::query(&numbered(COUNT_USAGE))
+                .bind(m.channel)
+                .bind(&m.account)
+                .bind(&m.user_id)
+                .bind(limits::day_number(check.now))
+                .bind(limits::minute(check.now))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(Admission::Accepted { job_id })
+        Ok(match refused {
+            Some(refused) => Admission::Refused {
+                reply: refused.reply,
+            },
+            None => Admission::Accepted { job_id },
+        })
     }
 
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
@@ -188,6 +239,23 @@ impl Store for SqliteStore {
         .fetch_one(&self.reader)
         .await?;
         Ok(Counts { inbound, jobs })
+    }
+
+    async fn requests_today(
+        &self,
+        channel: &str,
+        account: &str,
+        user_id: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<i64, StoreError> {
+        let row: Option<(i32,)> = sqlx::query_as(&numbered(REQUESTS_TODAY))
+            .bind(channel)
+            .bind(account)
+            .bind(user_id)
+            .bind(limits::day_number(now))
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map_or(0, |(n,)| i64::from(n)))
     }
 
     async fn queue_status(
@@ -384,6 +452,10 @@ impl Store for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
+        sqlx::query(&numbered(RELEASE_IN_FLIGHT))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO job_images (job_id, jpeg) VALUES (?1, ?2)")
             .bind(id)
             .bind(jpeg)
@@ -413,6 +485,12 @@ impl Store for SqliteStore {
         .bind(max_attempts)
         .fetch_optional(&self.writer)
         .await?;
+        if matches!(status.as_ref(), Some((s,)) if s == "failed") {
+            sqlx::query(&numbered(RELEASE_IN_FLIGHT))
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+        }
         Ok(fate(status))
     }
 
@@ -426,7 +504,14 @@ impl Store for SqliteStore {
         .bind(max_attempts)
         .fetch_all(&self.writer)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        let ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
+        for id in &ids {
+            sqlx::query(&numbered(RELEASE_IN_FLIGHT))
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(ids)
     }
 
     async fn release_leases(&self, worker: &str) -> Result<u64, StoreError> {

@@ -42,6 +42,7 @@ async fn finished_job(s: &dyn Store, user: &str, n: u32, ok: bool, deliver_after
     let admission = s
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &m,
             job: Some(job),
             reply: Reply::Text {
@@ -172,6 +173,7 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
     };
     s.submit(&Submission {
         refusal: None,
+        limits: None,
         inbound: &fetch,
         job: None,
         reply: Reply::None,
@@ -190,6 +192,7 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
     let retried = s
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &fetch,
             job: None,
             reply: Reply::None,
@@ -261,6 +264,7 @@ async fn the_fast_path_window_keeps_deliverers_away(backend: Backend) {
     let retry = s
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &m,
             job: None,
             reply: Reply::None,

@@ -20,6 +20,7 @@ mod failover;
 mod helpers;
 mod hostile;
 mod interop;
+mod limits;
 mod queue_contract;
 mod store_contract;
 mod two_nodes;

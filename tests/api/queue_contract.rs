@@ -40,6 +40,7 @@ async fn add_job(store: &dyn Store, n: u32, width: u32) -> i64 {
     match store
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &inbound,
             job: Some(job),
             reply: Reply::None,

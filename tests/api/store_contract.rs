@@ -43,6 +43,7 @@ async fn first_submission_creates_a_queued_job(backend: Backend) {
     let got = store
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &m,
             job: Some(job("月亮")),
             reply: reply("ok"),
@@ -78,6 +79,7 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     let m = text("u1", "101", "桂花");
     let first = Submission {
         refusal: None,
+        limits: None,
         inbound: &m,
         job: Some(job("桂花")),
         reply: reply("first reply"),
@@ -91,6 +93,7 @@ async fn retry_gets_the_same_reply_and_no_second_job(backend: Backend) {
     // The retry computes a different reply; the stored one wins.
     let retry = Submission {
         refusal: None,
+        limits: None,
         inbound: &m,
         job: Some(job("桂花")),
         reply: reply("other"),
@@ -124,6 +127,7 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
     };
     let s = Submission {
         refusal: None,
+        limits: None,
         inbound: &m,
         job: None,
         reply: reply("welcome"),
@@ -145,6 +149,7 @@ async fn messages_without_jobs_are_deduplicated_too(backend: Backend) {
     };
     let s = Submission {
         refusal: None,
+        limits: None,
         inbound: &silent,
         job: None,
         reply: Reply::None,
@@ -178,6 +183,7 @@ async fn same_msg_id_from_different_users_or_accounts_are_different_messages(bac
     for m in [&a, &b, &c] {
         let s = Submission {
             refusal: None,
+            limits: None,
             inbound: m,
             job: Some(job("p")),
             reply: reply("r"),
@@ -202,6 +208,7 @@ async fn concurrent_retries_admit_exactly_once(backend: Backend) {
                 store
                     .submit(&Submission {
                         refusal: None,
+                        limits: None,
                         inbound: &m,
                         job: Some(job("race")),
                         reply: reply("r"),
@@ -240,6 +247,7 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     store
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &m,
             job: Some(job(prompt)),
             reply: reply(prompt),
@@ -250,6 +258,7 @@ async fn unicode_and_quotes_survive_storage(backend: Backend) {
     let dup = store
         .submit(&Submission {
             refusal: None,
+            limits: None,
             inbound: &m,
             job: None,
             reply: Reply::None,

@@ -10,8 +10,13 @@ async fn concurrent_retries_across_two_processes_admit_each_message_once() {
     let db = TestDb::new(Backend::Postgres).await;
     let (port_a, port_b) = (free_port(), free_port());
     // Both start on an empty database at once: migrations must not race either.
-    let mut a = start_serve(&db.url, port_a, "web", &[]);
-    let mut b = start_serve(&db.url, port_b, "web", &[]);
+    // Seven followers send 40 messages at once: per-minute and in-flight limits are not what this test is about.
+    let no_limits = [
+        ("HUABI__LIMITS__PER_MINUTE", "0"),
+        ("HUABI__LIMITS__IN_FLIGHT", "0"),
+    ];
+    let mut a = start_serve(&db.url, port_a, "web", &no_limits);
+    let mut b = start_serve(&db.url, port_b, "web", &no_limits);
     let client = reqwest::Client::new();
     wait_ready(port_a, &mut a).await;
     wait_ready(port_b, &mut b).await;

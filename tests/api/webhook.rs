@@ -298,7 +298,7 @@ async fn commands_and_options_reach_the_queue(backend: Backend) {
     let (_, body) = app.post_plain(&text_xml("o_cmd", 3, "重画")).await;
     assert!(reply_text(&body).contains("收到"), "{body}");
     let (_, body) = app.post_plain(&text_xml("o_cmd", 4, "额度")).await;
-    assert!(reply_text(&body).contains("不限"), "{body}");
+    assert!(reply_text(&body).contains("今天还能画 18 张"), "{body}");
     let (_, body) = app.post_plain(&text_xml("o_cmd", 5, "猫 --seed abc")).await;
     assert!(reply_text(&body).contains("没看懂"), "{body}");
     let (_, body) = app.post_plain(&text_xml("o_new", 6, "重画")).await;

@@ -100,6 +100,7 @@ async fn an_invalid_job_fails_alone_and_its_batch_neighbours_are_painted() {
         };
         let submission = Submission {
             refusal: None,
+            limits: None,
             inbound: &inbound,
             job: Some(NewJob::new(prompt, &s.jobs)),
             reply: Reply::None,

@@ -39,7 +39,7 @@ def main():
     assert echoed == "wechatpy-echo-42", echoed
 
     msg_id = str(random.randint(10**15, 10**16))
-    content = "中秋 嫦娥抱玉兔 ]]> & <b>"
+    content = "嫦娥抱玉兔 ]]> & <b>"
     message = (
         "<xml><ToUserName><![CDATA[gh_interop]]></ToUserName>"
         "<FromUserName><![CDATA[o_wechatpy]]></FromUserName>"
