@@ -141,6 +141,7 @@ impl App {
             announce_jobs: Arc::new(Notify::new()),
             passive,
             catalog,
+            queue_depth: Default::default(),
         };
         Ok(Self {
             listener,
@@ -193,6 +194,9 @@ impl App {
                 .context("listening for finished jobs")?;
         }
         tokio::spawn(reload_catalog(self.state.clone(), stop.clone()));
+        if self.state.settings.limits.busy_queue > 0 {
+            tokio::spawn(count_queue(self.state.clone(), stop.clone()));
+        }
         tokio::spawn(announce_task(
             self.state.store.clone(),
             self.state.announce_jobs.clone(),
@@ -278,6 +282,24 @@ async fn reload_catalog(state: AppState, stop: CancellationToken) {
             Err(e) => {
                 tracing::warn!(error = %e, "could not reload campaigns; keeping the ones in use")
             }
+        }
+    }
+}
+
+/// Counts the queued jobs every second for backpressure until `stop`.
+async fn count_queue(state: AppState, stop: CancellationToken) {
+    loop {
+        match state.store.queued_jobs().await {
+            Ok(n) => state
+                .queue_depth
+                .store(n, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count the queue; backpressure uses the last count")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

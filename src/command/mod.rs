@@ -261,13 +261,14 @@ fn with_options(job: NewJob, request: &PaintRequest, settings: &Settings) -> New
 }
 
 /// The limits `job` must pass for `user_id` at `now`: the configured ones, with its campaign's quota and cap.
-/// `None` when nothing limits it (every limit 0 and no lists), so admission stays one statement.
+/// `queued` is the queue depth this node last counted. `None` when nothing limits it (every limit 0 and no
+/// lists), so admission stays one statement.
 pub fn limit_check(
     settings: &Settings,
     campaigns: &Campaigns,
     job: &NewJob,
     user_id: &str,
-    now: OffsetDateTime,
+    (now, queued): (OffsetDateTime, i64),
 ) -> Option<LimitCheck> {
     let l = &settings.limits;
     let campaign = job
@@ -301,6 +302,7 @@ pub fn limit_check(
         limits,
         listing,
         now,
+        queued,
         replies: RefusalTexts {
             denied: r.denied.clone(),
             per_day: with_limit(&r.limited_per_day, per_day),

@@ -47,7 +47,14 @@ pub async fn receive_wechat(
     let answer = |job: Option<NewJob>, reply: Reply, refusal: Option<Refusal>| Submission {
         inbound,
         limits: job.as_ref().and_then(|job| {
-            command::limit_check(settings, &catalog.campaigns, job, &inbound.user_id, now)
+            let queued = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+            command::limit_check(
+                settings,
+                &catalog.campaigns,
+                job,
+                &inbound.user_id,
+                (now, queued),
+            )
         }),
         job,
         reply,

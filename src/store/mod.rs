@@ -61,6 +61,9 @@ pub struct LimitCheck {
     pub listing: Listing,
     /// The time the request is counted at.
     pub now: OffsetDateTime,
+    /// Jobs queued, as this node last counted them (backpressure is approximate by design; counting the queue
+    /// inside every admission would make admission cost grow with the queue).
+    pub queued: i64,
     /// The answer for each refusal.
     pub replies: RefusalTexts,
 }
@@ -96,7 +99,7 @@ impl RefusalTexts {
     }
 }
 
-/// A follower's usage row as read (and locked) by an admission, with the service-wide counts.
+/// A follower's usage row as read (and locked) by an admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 struct LockedUsage {
     day: i64,
@@ -104,27 +107,20 @@ struct LockedUsage {
     minute: i64,
     minute_count: i32,
     in_flight: i32,
-    queued: i64,
-    campaign_today: i64,
 }
 
 impl LockedUsage {
-    /// The usage as seen at `now`: counts of an earlier day or minute are zero.
-    fn at(&self, now: OffsetDateTime) -> Usage {
+    /// The usage as seen by `check`: counts of an earlier day or minute are zero.
+    fn usage(&self, check: &LimitCheck, campaign_today: i64) -> Usage {
+        let current = |stored: i64, now: i64, count: i32| {
+            if stored == now { i64::from(count) } else { 0 }
+        };
         Usage {
-            today: if self.day == limits::day_number(now) {
-                i64::from(self.day_count)
-            } else {
-                0
-            },
-            this_minute: if self.minute == limits::minute(now) {
-                i64::from(self.minute_count)
-            } else {
-                0
-            },
+            today: current(self.day, limits::day_number(check.now), self.day_count),
+            this_minute: current(self.minute, limits::minute(check.now), self.minute_count),
             in_flight: i64::from(self.in_flight),
-            campaign_today: self.campaign_today,
-            queued: self.queued,
+            campaign_today,
+            queued: check.queued,
         }
     }
 }
@@ -554,6 +550,8 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError>;
     /// Row counts.
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// Jobs queued now.
+    async fn queued_jobs(&self) -> Result<i64, StoreError>;
     /// The follower's admitted requests on the Shanghai day of `now`.
     async fn requests_today(
         &self,
@@ -820,16 +818,14 @@ fn campaign_changes(existing: Option<&str>, definition: &str, only_if_missing: b
     }
 }
 
-/// Reads and locks (creating it when missing) a follower's usage row, with the queue depth (counted up to `$6`,
-/// only when positive) and the campaign's requests since `$5` (only for a campaign `$4`). Both DBs.
+/// Reads and locks (creating it when missing) a follower's usage row. Both DBs.
 const LOCK_USAGE: &str = "
 INSERT INTO follower_usage (channel, account, user_id) VALUES ($1, $2, $3)
 ON CONFLICT (channel, account, user_id) DO UPDATE SET in_flight = follower_usage.in_flight
-RETURNING day, day_count, minute, minute_count, in_flight,
-    CASE WHEN CAST($6 AS BIGINT) > 0
-        THEN (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT $6) q) ELSE 0 END AS queued,
-    CASE WHEN CAST($4 AS TEXT) IS NULL THEN 0
-        ELSE (SELECT count(*) FROM jobs WHERE campaign = $4 AND created_at >= $5) END AS campaign_today";
+RETURNING day, day_count, minute, minute_count, in_flight";
+
+/// Requests admitted for campaign `$1` since `$2`. Both DBs.
+const CAMPAIGN_TODAY: &str = "SELECT count(*) FROM jobs WHERE campaign = $1 AND created_at >= $2";
 
 /// Counts an admitted job in the follower's usage row (`$1`-`$3` follower, `$4` day, `$5` minute). Both DBs.
 const COUNT_USAGE: &str = "

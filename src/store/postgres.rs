@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision, Counts,
-    DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow,
-    JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
+    AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
+    Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate,
+    JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
     RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store,
     StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes,
     decode_reply, encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
@@ -195,12 +195,30 @@ impl Store for PgStore {
             .bind(m.channel)
             .bind(&m.account)
             .bind(&m.user_id)
-            .bind(s.job.as_ref().and_then(|j| j.campaign.as_deref()))
-            .bind(limits::day_start(check.now))
-            .bind(i64::from(check.limits.busy_queue))
             .fetch_one(&mut *tx)
             .await?;
-        let verdict = limits::decide(&check.limits, &usage.at(check.now), check.listing);
+        let campaign = s.job.as_ref().and_then(|j| j.campaign.as_deref());
+        let campaign_today = match campaign {
+            Some(campaign) if check.limits.campaign_per_day > 0 => {
+                // One admission per capped campaign at a time, so the count below is exact.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                    .bind(campaign)
+                    .execute(&mut *tx)
+                    .await?;
+                let (n,): (i64,) = sqlx::query_as(CAMPAIGN_TODAY)
+                    .bind(campaign)
+                    .bind(limits::day_start(check.now))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                n
+            }
+            _ => 0,
+        };
+        let verdict = limits::decide(
+            &check.limits,
+            &usage.usage(check, campaign_today),
+            check.listing,
+        );
         let refused = verdict.err().map(|r| refused_submission(s, check, r));
         let stored = refused.as_ref().unwrap_or(s);
         let (inbound_id, job_id) = bind_submission(sqlx::query_as(SUBMIT), stored)
@@ -391,6 +409,13 @@ impl Store for PgStore {
         .bind(user_prefix)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn queued_jobs(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE status = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
     }
 
     async fn lease_jobs(

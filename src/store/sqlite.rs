@@ -12,9 +12,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision, Counts,
-    DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRow,
-    JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
+    AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
+    Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate,
+    JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
     RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store,
     StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes,
     decode_reply, encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
@@ -128,14 +128,27 @@ impl Store for SqliteStore {
                     .bind(m.channel)
                     .bind(&m.account)
                     .bind(&m.user_id)
-                    .bind(original.job.as_ref().and_then(|j| j.campaign.as_deref()))
-                    .bind(timestamp(limits::day_start(check.now)))
-                    .bind(i64::from(check.limits.busy_queue))
                     .fetch_one(&mut *tx)
                     .await?;
-                limits::decide(&check.limits, &usage.at(check.now), check.listing)
-                    .err()
-                    .map(|r| refused_submission(original, check, r))
+                let campaign = original.job.as_ref().and_then(|j| j.campaign.as_deref());
+                let campaign_today = match campaign {
+                    Some(campaign) if check.limits.campaign_per_day > 0 => {
+                        let (n,): (i64,) = sqlx::query_as(&numbered(CAMPAIGN_TODAY))
+                            .bind(campaign)
+                            .bind(timestamp(limits::day_start(check.now)))
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        n
+                    }
+                    _ => 0,
+                };
+                limits::decide(
+                    &check.limits,
+                    &usage.usage(check, campaign_today),
+                    check.listing,
+                )
+                .err()
+                .map(|r| refused_submission(original, check, r))
             }
             None => None,
         };
@@ -384,6 +397,13 @@ impl Store for SqliteStore {
         .bind(user_prefix)
         .fetch_all(&self.reader)
         .await?)
+    }
+
+    async fn queued_jobs(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE status = 'queued'")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n)
     }
 
     async fn lease_jobs(

@@ -46,6 +46,7 @@ fn new_fixture() -> Fixture {
             announce_jobs: Default::default(),
             passive: None,
             catalog: Default::default(),
+            queue_depth: Default::default(),
         };
         (router(state), store, db)
     });
