@@ -12,14 +12,15 @@ CREATE TABLE filter_words (
 );
 
 -- Usage per day (Asia/Shanghai), campaign ('' = free prompts) and channel. requests = painting requests (admitted or
--- refused); limited = refused by a limit (none yet: limits come later); p50/p95 = seconds from ack to delivery.
+-- refused); limited = refused by a limit (an `admitted` message without a job was refused inside the admission
+-- statement); p50/p95 = seconds from ack to delivery.
 CREATE VIEW usage_daily AS
 SELECT (m.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day,
        coalesce(m.campaign, '') AS campaign,
        m.channel,
        count(*) FILTER (WHERE m.decision <> 'answered') AS requests,
        count(j.id) AS admitted,
-       count(*) FILTER (WHERE m.decision IN ('limited', 'busy')) AS limited,
+       count(*) FILTER (WHERE m.decision IN ('limited', 'busy') OR (m.decision = 'admitted' AND j.id IS NULL)) AS limited,
        count(*) FILTER (WHERE m.decision = 'blocked') AS blocked,
        count(j.id) FILTER (WHERE j.status IN ('done', 'delivered')) AS painted,
        count(j.id) FILTER (WHERE j.status = 'delivered') AS delivered,
@@ -37,7 +38,7 @@ SELECT (m.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day,
        m.channel, m.account, m.user_id,
        count(*) FILTER (WHERE m.decision <> 'answered') AS requests,
        count(j.id) AS admitted,
-       count(*) FILTER (WHERE m.decision IN ('limited', 'busy')) AS limited,
+       count(*) FILTER (WHERE m.decision IN ('limited', 'busy') OR (m.decision = 'admitted' AND j.id IS NULL)) AS limited,
        count(*) FILTER (WHERE m.decision = 'blocked') AS blocked,
        count(j.id) FILTER (WHERE j.status = 'delivered') AS delivered
 FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id

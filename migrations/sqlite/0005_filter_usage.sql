@@ -22,8 +22,7 @@ FROM inbound_messages m JOIN jobs j ON j.inbound_id = m.id
 WHERE j.delivered_at IS NOT NULL;
 
 -- Usage per day (Asia/Shanghai), campaign ('' = free prompts) and channel. requests = painting requests (admitted or
--- refused); limited = refused by a limit (none yet: limits come later); p50/p95 = seconds from ack to delivery
--- (nearest rank).
+-- refused); limited = refused by a limit; p50/p95 = seconds from ack to delivery (nearest rank).
 CREATE VIEW usage_daily AS
 SELECT u.*,
        (SELECT w.secs FROM usage_waits w WHERE w.day = u.day AND w.campaign = u.campaign AND w.channel = u.channel
@@ -36,7 +35,7 @@ FROM (
            m.channel,
            sum(m.decision <> 'answered') AS requests,
            count(j.id) AS admitted,
-           sum(m.decision IN ('limited', 'busy')) AS limited,
+           sum(m.decision IN ('limited', 'busy') OR (m.decision = 'admitted' AND j.id IS NULL)) AS limited,
            sum(m.decision = 'blocked') AS blocked,
            sum(coalesce(j.status IN ('done', 'delivered'), 0)) AS painted,
            sum(coalesce(j.status = 'delivered', 0)) AS delivered,
@@ -51,7 +50,7 @@ SELECT date(m.received_at, '+8 hours') AS day,
        m.channel, m.account, m.user_id,
        sum(m.decision <> 'answered') AS requests,
        count(j.id) AS admitted,
-       sum(m.decision IN ('limited', 'busy')) AS limited,
+       sum(m.decision IN ('limited', 'busy') OR (m.decision = 'admitted' AND j.id IS NULL)) AS limited,
        sum(m.decision = 'blocked') AS blocked,
        sum(coalesce(j.status = 'delivered', 0)) AS delivered
 FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id

@@ -13,3 +13,7 @@ CREATE TABLE follower_usage (
 );
 
 CREATE INDEX jobs_by_campaign ON jobs (campaign, created_at) WHERE campaign IS NOT NULL;
+
+-- PostgreSQL decides the limits inside the admission statement itself: a message that asked for a job is stored as
+-- `admitted` with both answers, and when no job came of it, `refusal_reply` is its answer and it counts as limited.
+ALTER TABLE inbound_messages ADD COLUMN refusal_reply TEXT;

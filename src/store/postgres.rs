@@ -9,13 +9,15 @@ use tokio::sync::{Notify, broadcast};
 use super::{
     AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
     Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate,
-    JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
-    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store,
-    StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes,
-    decode_reply, encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
+    JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LimitCheck, LockedUsage, NewJob,
+    QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
+    Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state,
+    campaign_changes, decode_reply, encode_reply, fate, limits, new_job, refused_submission,
+    source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
+use crate::limits::{Limits, Listing, Refused, Usage};
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
 /// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.
@@ -34,6 +36,35 @@ WITH inbound AS (
     RETURNING id
 )
 SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
+
+/// [`SUBMIT`] with the per-follower limits decided inside it (`$22` day, `$23` minute, `$24`-`$26` per day, per
+/// minute and in flight, 0 = unlimited; `$27` the refusal's reply, provisionally).
+const SUBMIT_LIMITED: &str = "
+WITH inbound AS (
+    INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply,
+                                  decision, campaign, decision_detail, refusal_reply)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $19, $20, $21, $27)
+    ON CONFLICT (channel, account, dedup_key) DO NOTHING
+    RETURNING id
+), quota AS (
+    INSERT INTO follower_usage AS u (channel, account, user_id, day, day_count, minute, minute_count, in_flight)
+    SELECT $1, $2, $4, $22, 1, $23, 1, 1 FROM inbound
+    ON CONFLICT (channel, account, user_id) DO UPDATE SET
+        day_count = CASE WHEN u.day = excluded.day THEN u.day_count + 1 ELSE 1 END, day = excluded.day,
+        minute_count = CASE WHEN u.minute = excluded.minute THEN u.minute_count + 1 ELSE 1 END,
+        minute = excluded.minute, in_flight = u.in_flight + 1
+    WHERE ($24 = 0 OR u.day <> excluded.day OR u.day_count < $24)
+      AND ($25 = 0 OR u.minute <> excluded.minute OR u.minute_count < $25)
+      AND ($26 = 0 OR u.in_flight < $26)
+    RETURNING 1
+), job AS (
+    INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
+                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18
+    FROM inbound, quota
+    RETURNING id
+)
+SELECT (SELECT id FROM inbound), (SELECT id FROM job)";
 
 /// Leases the oldest eligible job's batch: same painting parameters, oldest first, skipping rows other workers
 /// are locking right now.
@@ -93,16 +124,10 @@ pub struct PgStore {
 }
 
 /// Binds a submission to [`SUBMIT`]'s parameters.
-fn bind_submission<'q>(
-    query: sqlx::query::QueryAs<
-        'q,
-        sqlx::Postgres,
-        (Option<i64>, Option<i64>),
-        sqlx::postgres::PgArguments,
-    >,
+fn bind_submission<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     s: &'q Submission<'_>,
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Option<i64>, Option<i64>), sqlx::postgres::PgArguments>
-{
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
     let m = s.inbound;
     let job = s.job.as_ref();
     query
@@ -130,10 +155,141 @@ fn bind_submission<'q>(
 }
 
 impl PgStore {
+    /// Admission without limits: one statement.
+    async fn submit_plain(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
+        let (inbound_id, job_id): (Option<i64>, Option<i64>) =
+            bind_submission(sqlx::query_as(SUBMIT), s)
+                .fetch_one(&self.pool)
+                .await?;
+        match inbound_id {
+            Some(_) => Ok(Admission::Accepted { job_id }),
+            None => self.duplicate(s.inbound).await,
+        }
+    }
+
+    /// Admission with the per-follower limits decided inside the one statement: the follower's usage row is
+    /// counted up only if it is still under every limit when its lock is obtained (PostgreSQL re-checks an
+    /// `ON CONFLICT DO UPDATE … WHERE` against the row's latest version), so concurrent messages admit exactly
+    /// the quota. The message is stored with both answers; no job means the refusal's answer applies.
+    async fn submit_limited(
+        &self,
+        s: &Submission<'_>,
+        check: &LimitCheck,
+    ) -> Result<Admission, StoreError> {
+        let limit = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        let l = &check.limits;
+        let provisional = Reply::Text {
+            text: check.replies.text(Refused::PerDay(l.per_day)).to_string(),
+        };
+        let (inbound_id, job_id): (Option<i64>, Option<i64>) =
+            bind_submission(sqlx::query_as(SUBMIT_LIMITED), s)
+                .bind(limits::day_number(check.now))
+                .bind(limits::minute(check.now))
+                .bind(limit(l.per_day))
+                .bind(limit(l.per_minute))
+                .bind(limit(l.in_flight))
+                .bind(encode_reply(&provisional))
+                .fetch_one(&self.pool)
+                .await?;
+        let Some(inbound_id) = inbound_id else {
+            return self.duplicate(s.inbound).await;
+        };
+        if job_id.is_some() {
+            return Ok(Admission::Accepted { job_id });
+        }
+        // Refused: name the limit from the row as it is now, and keep that answer for retries.
+        let m = s.inbound;
+        let usage: Option<LockedUsage> = sqlx::query_as(
+            "SELECT day, day_count, minute, minute_count, in_flight FROM follower_usage
+             WHERE channel = $1 AND account = $2 AND user_id = $3",
+        )
+        .bind(m.channel)
+        .bind(&m.account)
+        .bind(&m.user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let refused = usage
+            .and_then(|u| limits::decide(l, &u.usage(check, 0), check.listing).err())
+            .unwrap_or(Refused::PerDay(l.per_day));
+        let reply = Reply::Text {
+            text: check.replies.text(refused).to_string(),
+        };
+        sqlx::query(
+            "UPDATE inbound_messages SET refusal_reply = $2, decision_detail = $3 WHERE id = $1",
+        )
+        .bind(inbound_id)
+        .bind(encode_reply(&reply))
+        .bind(refused.name())
+        .execute(&self.pool)
+        .await?;
+        Ok(Admission::Refused { reply })
+    }
+
+    /// Admission for a campaign with a daily cap: a transaction holding the follower's usage row and the
+    /// campaign's lock while counting, deciding and inserting.
+    async fn submit_capped(
+        &self,
+        s: &Submission<'_>,
+        check: &LimitCheck,
+    ) -> Result<Admission, StoreError> {
+        let m = s.inbound;
+        let mut tx = self.pool.begin().await?;
+        let usage: LockedUsage = sqlx::query_as(LOCK_USAGE)
+            .bind(m.channel)
+            .bind(&m.account)
+            .bind(&m.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let campaign = s.campaign().unwrap_or_default();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(campaign)
+            .execute(&mut *tx)
+            .await?;
+        let (campaign_today,): (i64,) = sqlx::query_as(CAMPAIGN_TODAY)
+            .bind(campaign)
+            .bind(limits::day_start(check.now))
+            .fetch_one(&mut *tx)
+            .await?;
+        let verdict = limits::decide(
+            &check.limits,
+            &usage.usage(check, campaign_today),
+            check.listing,
+        );
+        let refused = verdict.err().map(|r| refused_submission(s, check, r));
+        let stored = refused.as_ref().unwrap_or(s);
+        let (inbound_id, job_id): (Option<i64>, Option<i64>) =
+            bind_submission(sqlx::query_as(SUBMIT), stored)
+                .fetch_one(&mut *tx)
+                .await?;
+        if inbound_id.is_none() {
+            tx.rollback().await?;
+            return self.duplicate(m).await;
+        }
+        if job_id.is_some() {
+            sqlx::query(COUNT_USAGE)
+                .bind(m.channel)
+                .bind(&m.account)
+                .bind(&m.user_id)
+                .bind(limits::day_number(check.now))
+                .bind(limits::minute(check.now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(match refused {
+            Some(refused) => Admission::Refused {
+                reply: refused.reply,
+            },
+            None => Admission::Accepted { job_id },
+        })
+    }
+
     /// The stored reply (and job) of a message seen before.
     async fn duplicate(&self, m: &Inbound) -> Result<Admission, StoreError> {
         let (reply, job_id): (String, Option<i64>) = sqlx::query_as(
-            "SELECT m.reply, j.id FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
+            "SELECT CASE WHEN m.decision = 'admitted' AND j.id IS NULL AND m.refusal_reply IS NOT NULL
+                         THEN m.refusal_reply ELSE m.reply END, j.id
+             FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
              WHERE m.channel = $1 AND m.account = $2 AND m.dedup_key = $3",
         )
         .bind(m.channel)
@@ -177,74 +333,40 @@ impl Store for PgStore {
     }
 
     async fn submit(&self, s: &Submission<'_>) -> Result<Admission, StoreError> {
-        let check = match (&s.job, &s.limits) {
-            (Some(_), Some(check)) => check,
-            _ => {
-                let (inbound_id, job_id) = bind_submission(sqlx::query_as(SUBMIT), s)
-                    .fetch_one(&self.pool)
-                    .await?;
-                return match inbound_id {
-                    Some(_) => Ok(Admission::Accepted { job_id }),
-                    None => self.duplicate(s.inbound).await,
+        let Some(check) = s.job.as_ref().and(s.limits.as_ref()) else {
+            return self.submit_plain(s).await;
+        };
+        // What needs no usage row first: the lists and backpressure.
+        let pre = Limits {
+            busy_queue: check.limits.busy_queue,
+            ..Limits::default()
+        };
+        let queued = Usage {
+            queued: check.queued,
+            ..Usage::default()
+        };
+        match limits::decide(&pre, &queued, check.listing) {
+            _ if check.listing == Listing::Allowed => {
+                let unlimited = Submission {
+                    limits: None,
+                    ..s.clone()
                 };
+                self.submit_plain(&unlimited).await
             }
-        };
-        let m = s.inbound;
-        let mut tx = self.pool.begin().await?;
-        let usage: LockedUsage = sqlx::query_as(LOCK_USAGE)
-            .bind(m.channel)
-            .bind(&m.account)
-            .bind(&m.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let campaign = s.job.as_ref().and_then(|j| j.campaign.as_deref());
-        let campaign_today = match campaign {
-            Some(campaign) if check.limits.campaign_per_day > 0 => {
-                // One admission per capped campaign at a time, so the count below is exact.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
-                    .bind(campaign)
-                    .execute(&mut *tx)
-                    .await?;
-                let (n,): (i64,) = sqlx::query_as(CAMPAIGN_TODAY)
-                    .bind(campaign)
-                    .bind(limits::day_start(check.now))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                n
+            Err(refused) => {
+                let refused = refused_submission(s, check, refused);
+                match self.submit_plain(&refused).await? {
+                    Admission::Accepted { .. } => Ok(Admission::Refused {
+                        reply: refused.reply,
+                    }),
+                    other => Ok(other),
+                }
             }
-            _ => 0,
-        };
-        let verdict = limits::decide(
-            &check.limits,
-            &usage.usage(check, campaign_today),
-            check.listing,
-        );
-        let refused = verdict.err().map(|r| refused_submission(s, check, r));
-        let stored = refused.as_ref().unwrap_or(s);
-        let (inbound_id, job_id) = bind_submission(sqlx::query_as(SUBMIT), stored)
-            .fetch_one(&mut *tx)
-            .await?;
-        if inbound_id.is_none() {
-            tx.rollback().await?;
-            return self.duplicate(m).await;
+            Ok(()) if check.limits.campaign_per_day > 0 && s.campaign().is_some() => {
+                self.submit_capped(s, check).await
+            }
+            Ok(()) => self.submit_limited(s, check).await,
         }
-        if job_id.is_some() {
-            sqlx::query(COUNT_USAGE)
-                .bind(m.channel)
-                .bind(&m.account)
-                .bind(&m.user_id)
-                .bind(limits::day_number(check.now))
-                .bind(limits::minute(check.now))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(match refused {
-            Some(refused) => Admission::Refused {
-                reply: refused.reply,
-            },
-            None => Admission::Accepted { job_id },
-        })
     }
 
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError> {

@@ -174,7 +174,9 @@ impl Store for SqliteStore {
         .await?;
         let Some((inbound_id,)) = inserted else {
             let (reply, job_id): (String, Option<i64>) = sqlx::query_as(
-                "SELECT m.reply, j.id FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
+                "SELECT CASE WHEN m.decision = 'admitted' AND j.id IS NULL AND m.refusal_reply IS NOT NULL
+                             THEN m.refusal_reply ELSE m.reply END, j.id
+                 FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
                  WHERE m.channel = ?1 AND m.account = ?2 AND m.dedup_key = ?3",
             )
             .bind(m.channel)

@@ -13,7 +13,7 @@ use crate::helpers::*;
 
 fn content(body: &str) -> String {
     huabi::channel::wechat::xml::parse(body.as_bytes())
-        .expect("xml")
+        .unwrap_or_else(|e| panic!("{e}: {body:?}"))
         .get("Content")
         .unwrap_or_default()
         .to_string()
@@ -146,13 +146,17 @@ async fn per_minute_in_flight_and_backpressure(backend: Backend) {
     )
     .await;
     for n in 0..3u64 {
-        let (_, body) = busy.post_plain(&text_xml(&format!("o_{n}"), n, "桂花")).await;
+        let (_, body) = busy
+            .post_plain(&text_xml(&format!("o_{n}"), n, "桂花"))
+            .await;
         assert!(content(&body).contains("收到"), "{n}: {body}");
     }
     // Each node counts the queue once a second (backpressure is approximate by design).
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for n in 3..5u64 {
-        let (_, body) = busy.post_plain(&text_xml(&format!("o_{n}"), n, "桂花")).await;
+        let (_, body) = busy
+            .post_plain(&text_xml(&format!("o_{n}"), n, "桂花"))
+            .await;
         assert!(content(&body).contains("排队作画的人太多"), "{n}: {body}");
     }
     let (_, vip) = busy.post_plain(&text_xml("o_vip", 50, "桂花")).await;
