@@ -11,9 +11,10 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
-    NormalizedString, Normalizer, PaddingDirection, PaddingParams, PaddingStrategy,
-    SplitDelimiterBehavior, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
+    TruncationDirection, TruncationParams, TruncationStrategy,
 };
+use unicode_normalization::UnicodeNormalization;
 
 use super::EngineError;
 
@@ -166,11 +167,8 @@ impl ClipTokenizer {
 /// characters vanish, and whitespace runs collapse. Chinese characters themselves are kept: CLIP's byte-level
 /// vocabulary encodes them, and translation into English is the campaign glossary's job.
 pub fn normalize_prompt(prompt: &str) -> String {
-    let mut normalized = NormalizedString::from(prompt);
-    // NFKC cannot fail on a valid string.
-    let _ = tokenizers::normalizers::unicode::NFKC.normalize(&mut normalized);
     let mut out = String::with_capacity(prompt.len());
-    for c in normalized.get().chars() {
+    for c in prompt.nfkc() {
         match c {
             '。' | '｡' => out.push('.'),
             '、' | '､' => out.push(','),
