@@ -202,6 +202,39 @@ fn plan_text(words: &str, settings: &Settings, catalog: &Catalog, now: OffsetDat
     }
 }
 
+/// The plan for 重画 given the follower's last request: paint it again with a new seed — unless its campaign is no
+/// longer running — or say there is nothing to repeat.
+pub fn plan_again(
+    last: Option<NewJob>,
+    settings: &Settings,
+    catalog: &Catalog,
+    now: OffsetDateTime,
+) -> Plan {
+    let Some(job) = last else {
+        return Plan::Reply(text(&settings.replies.again_nothing));
+    };
+    let campaign = job
+        .campaign
+        .as_deref()
+        .and_then(|name| catalog.campaigns.by_name(name));
+    match campaign.map(|c| (c, c.window(now))) {
+        Some((campaign, window)) if window != Window::Open => {
+            outside(campaign, window, &settings.replies)
+        }
+        Some((campaign, _)) => Plan::Paint {
+            job,
+            reply: text(either(
+                &campaign.replies.received,
+                &settings.replies.received,
+            )),
+        },
+        None => Plan::Paint {
+            job,
+            reply: received(settings),
+        },
+    }
+}
+
 /// The reply to an admitted painting request.
 pub fn received(settings: &Settings) -> Reply {
     if settings.delivery.passive_only {
@@ -571,6 +604,40 @@ mod tests {
             panic!("the default subject")
         };
         assert!(job.prompt.contains("family reunion"));
+    }
+
+    #[test]
+    fn again_repeats_the_last_request_while_its_campaign_runs() {
+        let s = settings();
+        let campaign = crate::campaign::load_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/campaigns/mid-autumn.toml"
+        )))
+        .expect("campaign");
+        let catalog = Catalog::new(&s, Campaigns::new(vec![campaign]), ContentFilter::default());
+        let festive = NewJob {
+            campaign: Some("mid-autumn".into()),
+            ..NewJob::new("moon", &s.jobs)
+        };
+        let during = time::macros::datetime!(2027-09-10 12:00 +08:00);
+        let after = time::macros::datetime!(2027-10-10 12:00 +08:00);
+        assert!(matches!(
+            plan_again(Some(festive.clone()), &s, &catalog, during),
+            Plan::Paint { job, .. } if job == festive
+        ));
+        assert!(matches!(
+            plan_again(Some(festive), &s, &catalog, after),
+            Plan::Refuse { .. }
+        ));
+        assert_eq!(
+            plan_again(None, &s, &catalog, after),
+            Plan::Reply(text(&s.replies.again_nothing))
+        );
+        let free = NewJob::new("cat", &s.jobs);
+        assert!(matches!(
+            plan_again(Some(free), &s, &catalog, after),
+            Plan::Paint { .. }
+        ));
     }
 
     #[test]

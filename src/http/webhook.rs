@@ -91,9 +91,10 @@ pub async fn receive_wechat(
                 .store
                 .last_request(inbound.channel, &inbound.account, &inbound.user_id)
                 .await?;
-            match last {
-                Some(job) => answer(Some(job), command::received(settings), None),
-                None => answer(None, text(&settings.replies.again_nothing), None),
+            match command::plan_again(last, settings, &catalog, now) {
+                Plan::Paint { job, reply } => answer(Some(job), reply, None),
+                Plan::Refuse { reply, refusal } => answer(None, reply, Some(refusal)),
+                _ => answer(None, text(&settings.replies.again_nothing), None),
             }
         }
     };
