@@ -8,7 +8,8 @@ pub mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::wechat::api::{ApiError, ErrorClass};
@@ -99,24 +100,6 @@ impl Deliverer {
     /// The name on this deliverer's leases.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// Leases up to `concurrency` finished jobs and delivers them concurrently; returns how many it leased.
-    pub async fn run_once(&self) -> Result<usize, StoreError> {
-        let tasks = self
-            .store
-            .lease_deliveries(
-                &self.id,
-                self.settings.concurrency as i64,
-                self.settings.lease_secs,
-            )
-            .await?;
-        let leased = tasks.len();
-        let results = futures::future::join_all(tasks.into_iter().map(|t| self.deliver(t))).await;
-        for result in results {
-            result?;
-        }
-        Ok(leased)
     }
 
     /// One delivery attempt, recorded in the store whatever happens.
@@ -237,29 +220,67 @@ impl Deliverer {
             .await
     }
 
-    /// Delivers until `stop`, sleeping between rounds until a job finishes (`finished`) or the poll tick.
-    /// On stop, deliveries in hand finish and the lease of anything not started is given back.
+    /// Delivers until `stop`: keeps up to `concurrency` deliveries running, leasing more as each one ends (a slow
+    /// call holds one slot, not a whole round), and sleeps while nothing is due until a job finishes (`finished`)
+    /// or the poll tick. On stop, deliveries in hand finish and the leases of the rest are given back.
     pub async fn run(
         self,
         mut finished: broadcast::Receiver<i64>,
         stop: CancellationToken,
         poll: Duration,
     ) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.settings.concurrency));
+        let mut running = JoinSet::new();
         while !stop.is_cancelled() {
-            match self.run_once().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "deliverer could not reach the store"),
+            let free = slots.available_permits();
+            if free > 0 {
+                let leased = this
+                    .store
+                    .lease_deliveries(&this.id, free as i64, this.settings.lease_secs)
+                    .await;
+                match leased {
+                    Ok(tasks) if !tasks.is_empty() => {
+                        for task in tasks {
+                            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            let this = this.clone();
+                            running.spawn(async move {
+                                let _slot = slot;
+                                this.deliver(task).await
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "deliverer could not reach the store"),
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = finished.recv() => {}
                 _ = tokio::time::sleep(poll) => {}
+                Some(ended) = running.join_next(), if !running.is_empty() => log_ended(ended),
             }
         }
-        if let Err(e) = self.store.release_leases(&self.id).await {
+        while let Some(ended) = running.join_next().await {
+            log_ended(ended);
+        }
+        if let Err(e) = this.store.release_leases(&this.id).await {
             tracing::warn!(error = %e, "could not release delivery leases; they expire on their own");
         }
+    }
+}
+
+/// Logs a delivery task that could not record its outcome (its lease expires and another attempt follows).
+fn log_ended(ended: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "delivery outcome not recorded; it is retried after its lease")
+        }
+        Err(e) => tracing::error!(error = %e, "delivery task failed"),
     }
 }
 
