@@ -55,6 +55,9 @@ pub struct StandInOptions {
     pub passive_only: bool,
     /// Followers whose 48-hour window is closed (45015).
     pub closed_window_users: Vec<String>,
+    /// Customer-service messages one follower may receive (45047 after that; WeChat allows 5 per message the
+    /// follower sends); `None` = no quota.
+    pub sends_per_user: Option<usize>,
     /// Seed of the fault dice.
     pub seed: u64,
     /// Where to write each picture sent, if anywhere.
@@ -72,6 +75,7 @@ impl Default for StandInOptions {
             token_ttl_secs: 7200,
             passive_only: false,
             closed_window_users: Vec::new(),
+            sends_per_user: None,
             seed: 1,
             save_dir: None,
         }
@@ -481,6 +485,20 @@ async fn custom_send(
             45015,
             "response out of time limit or subscription is canceled",
         ));
+    }
+    let sent = state
+        .record
+        .sends
+        .iter()
+        .filter(|r| r.touser == touser)
+        .count();
+    if state
+        .options
+        .sends_per_user
+        .is_some_and(|quota| sent >= quota)
+    {
+        drop(state);
+        return Json(s.refuse(45047, "out of response count limit"));
     }
     let record = match msgtype.as_str() {
         "image" => {

@@ -324,6 +324,50 @@ async fn with_fetch_on_any_message_the_next_prompt_fetches_the_waiting_picture(b
     );
 }
 
+async fn closed_windows_and_used_quotas_keep_pictures_for_fetch(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions {
+        closed_window_users: vec!["o_gone".into()],
+        sends_per_user: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_delivering(
+        backend,
+        &delivering(&base, "0"),
+        &[
+            ("HUABI__LIMITS__PER_MINUTE", "0"),
+            ("HUABI__LIMITS__IN_FLIGHT", "0"),
+        ],
+    )
+    .await;
+    let (_, _) = app.post_plain(&text_xml("o_gone", 9800, "月饼")).await;
+    for n in 0..3 {
+        let (_, _) = app.post_plain(&text_xml("o_many", 9810 + n, "灯笼")).await;
+    }
+    // Two pictures reach o_many; the third (45047) and o_gone's (45015) wait for 取图.
+    wait_for(&stand_in, 60, "two sends and two refusals", |r| {
+        r.sends.len() >= 2 && r.refused.iter().filter(|e| e.starts_with("450")).count() >= 2
+    })
+    .await;
+    for (user, first) in [("o_gone", 9900u64), ("o_many", 9950)] {
+        let mut fetched = None;
+        for attempt in 0..50 {
+            let (_, reply) = app
+                .post_plain(&text_xml(user, first + attempt, "取图"))
+                .await;
+            if let Some(id) = media_id_of(&reply) {
+                fetched = Some(id);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(fetched.is_some(), "{user} fetched the held picture");
+    }
+    let record = stand_in.record();
+    assert_eq!(images_per_user(&record).get("o_many"), Some(&2));
+    assert!(!images_per_user(&record).contains_key("o_gone"));
+}
+
 async fn faults_at_the_api_still_deliver_each_picture_once(backend: Backend) {
     let (stand_in, base) = start_standin(StandInOptions {
         fault_rate: 0.3,
@@ -388,5 +432,6 @@ on_both_databases!(
     a_failed_painting_is_told_once,
     passive_only_accounts_keep_pictures_for_fetch,
     with_fetch_on_any_message_the_next_prompt_fetches_the_waiting_picture,
+    closed_windows_and_used_quotas_keep_pictures_for_fetch,
     faults_at_the_api_still_deliver_each_picture_once,
 );
