@@ -194,7 +194,7 @@ impl App {
                 .context("listening for finished jobs")?;
         }
         tokio::spawn(reload_catalog(self.state.clone(), stop.clone()));
-        if self.state.settings.limits.busy_queue > 0 {
+        if self.state.settings.limits.busy_queue > 0 || self.state.passive.is_some() {
             tokio::spawn(count_queue(self.state.clone(), stop.clone()));
         }
         tokio::spawn(announce_task(
@@ -286,7 +286,7 @@ async fn reload_catalog(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// Counts the queued jobs every second for backpressure until `stop`.
+/// Counts the queued jobs every second (for backpressure and the fast path) until `stop`.
 async fn count_queue(state: AppState, stop: CancellationToken) {
     loop {
         match state.store.queued_jobs().await {

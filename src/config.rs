@@ -156,6 +156,8 @@ pub struct JobSettings {
 pub struct DeliverySettings {
     /// Seconds a webhook request waits for its picture to answer with it directly; 0 turns the fast path off.
     pub fast_path_secs: f64,
+    /// Queued jobs above which a request does not wait for its picture (it could not be painted in time).
+    pub fast_path_max_queue: u32,
     /// The account has no customer-service API (unverified): keep every picture for the fetch flow.
     pub passive_only: bool,
     /// Words that fetch a waiting picture, compared after trimming and lower-casing.

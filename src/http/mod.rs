@@ -38,7 +38,7 @@ pub struct AppState {
     pub wake_workers: Arc<tokio::sync::Notify>,
     /// Wakes the announcer that tells other nodes' workers (coalesced).
     pub announce_jobs: Arc<tokio::sync::Notify>,
-    /// Jobs queued, as last counted (refreshed every second while backpressure is on).
+    /// Jobs queued, as last counted (refreshed every second while backpressure or the fast path is on).
     pub queue_depth: Arc<std::sync::atomic::AtomicI64>,
     /// The grammar and campaigns messages are interpreted with (replaced when campaigns change).
     pub catalog: Arc<std::sync::RwLock<Arc<crate::command::Catalog>>>,

@@ -123,7 +123,11 @@ async fn admit(
 ) -> Result<Reply, ApiError> {
     let inbound = submission.inbound;
     let delivery = &state.settings.delivery;
-    let fast_path = passive.filter(|_| delivery.fast_path_secs > 0.0);
+    // With a long queue the job cannot be painted inside the window: do not hold the request for nothing.
+    let queued = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    let fast_path = passive.filter(|_| {
+        delivery.fast_path_secs > 0.0 && queued <= i64::from(delivery.fast_path_max_queue)
+    });
     if let (Some(job), Some(_)) = (submission.job.as_mut(), fast_path) {
         // Deliverers leave the job to this request until its answer window is over.
         job.deliver_after_secs = delivery.fast_path_secs + 1.0;
