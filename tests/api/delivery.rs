@@ -435,3 +435,65 @@ on_both_databases!(
     closed_windows_and_used_quotas_keep_pictures_for_fetch,
     faults_at_the_api_still_deliver_each_picture_once,
 );
+
+#[tokio::test]
+async fn huabi_standin_serves_the_api_and_its_record() {
+    let port = free_port();
+    let mut standin = tokio::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
+        .args(["standin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--app-id", APP_ID, "--app-secret", APP_SECRET])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start huabi standin");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..200 {
+        if client
+            .get(format!("{base}/_standin/record"))
+            .send()
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        assert!(
+            standin.try_wait().expect("status").is_none(),
+            "standin exited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "standin never answered");
+    let api = huabi::channel::wechat::api::WechatApi::new(
+        &base,
+        APP_ID,
+        APP_SECRET.to_string().into(),
+        Duration::from_secs(5),
+    );
+    let token = api.stable_token(false).await.expect("token");
+    assert_eq!(token.expires_in, 7200);
+    let wrong = huabi::channel::wechat::api::WechatApi::new(
+        &base,
+        APP_ID,
+        "wrong".to_string().into(),
+        Duration::from_secs(5),
+    );
+    assert!(wrong.stable_token(false).await.is_err());
+    let refused = api.send_image(&token.token, "o_x", "no-such-media").await;
+    assert!(matches!(
+        refused,
+        Err(huabi::channel::wechat::api::ApiError::Platform { code: 40007, .. })
+    ));
+    let record: serde_json::Value = client
+        .get(format!("{base}/_standin/record"))
+        .send()
+        .await
+        .expect("record")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["token_requests"], 1);
+    assert_eq!(record["refused"].as_array().map(Vec::len), Some(2));
+}
