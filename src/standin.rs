@@ -194,11 +194,6 @@ impl StandIn {
         self.lock().record.clone()
     }
 
-    /// Changes the fault rate while running.
-    pub fn set_fault_rate(&self, rate: f64) {
-        self.lock().options.fault_rate = rate;
-    }
-
     /// The routes, under the same paths as `https://api.weixin.qq.com`.
     pub fn router(&self) -> Router {
         Router::new()
