@@ -259,7 +259,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Campaign(command) => campaign(command).await,
         Command::Usage { since, format } => {
             let settings = load_settings()?;
-            let today = crate::usage::today(time::OffsetDateTime::now_utc());
+            let today = crate::limits::shanghai_day(time::OffsetDateTime::now_utc());
             let first = crate::usage::first_day(&since, today)?;
             let store = store::connect(&settings.database).await?;
             store.migrate().await?;

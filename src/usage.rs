@@ -2,8 +2,7 @@
 
 use std::fmt::Write as _;
 
-use time::macros::offset;
-use time::{Date, Duration, OffsetDateTime};
+use time::{Date, Duration};
 
 use crate::store::UsageRow;
 
@@ -21,11 +20,6 @@ pub enum UsageFormat {
     Json,
     /// Comma-separated values with a header.
     Csv,
-}
-
-/// Today in Asia/Shanghai (the day usage is counted in).
-pub fn today(now: OffsetDateTime) -> Date {
-    now.to_offset(offset!(+8)).date()
 }
 
 /// The first day `since` covers: `Nd` = the last N days including today, or a `YYYY-MM-DD` date.
@@ -147,7 +141,7 @@ mod tests {
 
     #[test]
     fn since_reads_days_or_a_date() {
-        let today = today(datetime!(2027-09-10 17:00 UTC));
+        let today = crate::limits::shanghai_day(datetime!(2027-09-10 17:00 UTC));
         assert_eq!(
             today,
             date!(2027 - 09 - 11),

@@ -304,12 +304,23 @@ pub async fn load_stored(store: &dyn Store) -> Result<Campaigns, StoreError> {
 #[derive(Debug, Clone, Default)]
 pub struct Campaigns {
     all: Vec<Campaign>,
+    /// Each keyword in the grammar's comparison form (normalised, lower case), with its campaign's index.
+    keys: Vec<(String, usize)>,
 }
 
 impl Campaigns {
     /// A set of campaigns (later ones win a keyword both claim).
     pub fn new(all: Vec<Campaign>) -> Self {
-        Self { all }
+        let keys = all
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                c.keywords
+                    .iter()
+                    .map(move |k| (crate::engine::normalize_prompt(k).to_lowercase(), i))
+            })
+            .collect();
+        Self { all, keys }
     }
 
     /// All of them.
@@ -324,11 +335,8 @@ impl Campaigns {
 
     /// The campaign a (normalised, lower-cased) keyword belongs to.
     pub fn by_keyword(&self, keyword: &str) -> Option<&Campaign> {
-        self.all.iter().rev().find(|c| {
-            c.keywords
-                .iter()
-                .any(|k| crate::engine::normalize_prompt(k).to_lowercase() == keyword)
-        })
+        let (_, i) = self.keys.iter().rev().find(|(k, _)| k == keyword)?;
+        self.all.get(*i)
     }
 
     /// The campaign of this name.

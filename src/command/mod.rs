@@ -294,8 +294,8 @@ fn with_options(job: NewJob, request: &PaintRequest, settings: &Settings) -> New
 }
 
 /// The limits `job` must pass for `user_id` at `now`: the configured ones, with its campaign's quota and cap.
-/// `queued` is the queue depth this node last counted. `None` when nothing limits it (every limit 0 and no
-/// lists), so admission stays one statement.
+/// `queued` is the queue depth this node last counted. `None` when nothing limits it (an allow-listed follower,
+/// or every limit 0 and no lists), so admission stays one statement.
 pub fn limit_check(
     settings: &Settings,
     campaigns: &Campaigns,
@@ -326,7 +326,8 @@ pub fn limit_check(
         campaign_per_day: campaign.map_or(0, |c| c.daily_cap),
         busy_queue: l.busy_queue,
     };
-    if limits == Limits::default() && listing == Listing::Normal {
+    let unlimited = limits == Limits::default() && listing == Listing::Normal;
+    if unlimited || listing == Listing::Allowed {
         return None;
     }
     let r = &settings.replies;

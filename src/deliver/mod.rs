@@ -104,9 +104,7 @@ impl Deliverer {
 
     /// One delivery attempt, recorded in the store whatever happens.
     async fn deliver(&self, task: DeliveryTask) -> Result<(), StoreError> {
-        let app_id = self.tokens.api().app_id();
-        let passive_only =
-            self.settings.passive_only || self.store.wechat_account(app_id).await?.passive_only;
+        let passive_only = self.settings.passive_only || self.tokens.passive_only().await?;
         let outcome = if passive_only {
             Err(DeliverError::Api(ApiError::Platform {
                 code: 48001,
@@ -128,7 +126,7 @@ impl Deliverer {
                 message = error.to_string();
                 if error.class() == ErrorClass::Unauthorized && !passive_only {
                     tracing::warn!(%error, "WeChat refused the customer-service API (48001): switching the account to passive-only delivery (取图)");
-                    self.store.set_passive_only(app_id, true).await?;
+                    self.tokens.mark_passive_only().await?;
                 }
                 end_for(
                     error,

@@ -217,8 +217,7 @@ impl PassiveReplies {
             .ok_or(DeliverError::MissingPicture(job_id))?;
         let api = self.tokens.api();
         let name = upload_name(job_id);
-        let passive_only = self.settings.passive_only
-            || self.store.wechat_account(api.app_id()).await?.passive_only;
+        let passive_only = self.settings.passive_only || self.tokens.passive_only().await?;
         if !passive_only {
             let temporary = self
                 .tokens
@@ -230,7 +229,7 @@ impl PassiveReplies {
             match temporary {
                 Err(DeliverError::Api(e)) if e.class() == ErrorClass::Unauthorized => {
                     tracing::warn!(error = %e, "temporary media refused (48001): switching the account to passive-only delivery");
-                    self.store.set_passive_only(api.app_id(), true).await?;
+                    self.tokens.mark_passive_only().await?;
                 }
                 other => return other,
             }

@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 
 use super::DeliverError;
 use crate::channel::wechat::api::{ApiError, ErrorClass, WechatApi};
-use crate::store::Store;
+use crate::store::{AccountState, Store, StoreError, StoredToken};
 
 /// A token is replaced this long before it expires (stable_token pre-rotates 5 minutes before expiry), or halfway
 /// through its life if that is shorter.
@@ -34,6 +34,9 @@ pub struct TokenService {
     api: Arc<WechatApi>,
     holder: String,
     refreshing: Mutex<()>,
+    /// The account as this node last read or wrote it: a token still in date is used without asking the database
+    /// again (nodes replace it only when it expires or WeChat refuses it, and a refusal clears this copy).
+    cached: std::sync::Mutex<Option<AccountState>>,
 }
 
 impl TokenService {
@@ -44,7 +47,37 @@ impl TokenService {
             api,
             holder,
             refreshing: Mutex::new(()),
+            cached: std::sync::Mutex::new(None),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<AccountState>> {
+        // Plain data: a panic elsewhere cannot leave it half-written.
+        self.cached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The account as cached, read from the database when this node has not read it yet.
+    async fn account(&self) -> Result<AccountState, StoreError> {
+        if let Some(state) = self.cache().clone() {
+            return Ok(state);
+        }
+        let state = self.store.wechat_account(self.api.app_id()).await?;
+        *self.cache() = Some(state.clone());
+        Ok(state)
+    }
+
+    /// Whether the account can only answer passively (WeChat said 48001, here or on another node).
+    pub async fn passive_only(&self) -> Result<bool, StoreError> {
+        Ok(self.account().await?.passive_only)
+    }
+
+    /// Records that WeChat refused the customer-service API (48001) for every node.
+    pub async fn mark_passive_only(&self) -> Result<(), StoreError> {
+        self.store.set_passive_only(self.api.app_id(), true).await?;
+        if let Some(state) = self.cache().as_mut() {
+            state.passive_only = true;
+        }
+        Ok(())
     }
 
     /// The API client.
@@ -62,6 +95,7 @@ impl TokenService {
         let token = self.token(None).await?;
         match call(token.clone()).await {
             Err(e) if e.class() == ErrorClass::TokenInvalid => {
+                *self.cache() = None;
                 let expired = self.store.expire_token(self.api.app_id(), &token).await?;
                 tracing::info!(error = %e, expired, "access token refused; retrying once with the current one");
                 let fresh = self.token(Some(&token)).await?;
@@ -102,12 +136,22 @@ impl TokenService {
         }
     }
 
+    /// A token in date: the cached one, else the database's (which then becomes the cached one).
     async fn usable(&self) -> Result<Option<String>, DeliverError> {
+        let in_date = |state: &AccountState| {
+            state
+                .token
+                .as_ref()
+                .filter(|t| t.expires_ms > now_ms())
+                .map(|t| t.token.clone())
+        };
+        if let Some(token) = self.cache().as_ref().and_then(in_date) {
+            return Ok(Some(token));
+        }
         let state = self.store.wechat_account(self.api.app_id()).await?;
-        Ok(state
-            .token
-            .filter(|t| t.expires_ms > now_ms())
-            .map(|t| t.token))
+        let token = in_date(&state);
+        *self.cache() = Some(state);
+        Ok(token)
     }
 
     /// Fetches a token while holding the refresh claim, stores it, and ends the claim either way.
@@ -130,6 +174,12 @@ impl TokenService {
                 self.store
                     .save_token(app_id, &issued.token, use_until)
                     .await?;
+                if let Some(state) = self.cache().as_mut() {
+                    state.token = Some(StoredToken {
+                        token: issued.token.clone(),
+                        expires_ms: use_until,
+                    });
+                }
                 tracing::info!(expires_in = issued.expires_in, "access token refreshed");
                 Ok(issued.token)
             }

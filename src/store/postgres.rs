@@ -17,7 +17,7 @@ use super::{
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
-use crate::limits::{Limits, Listing, Refused, Usage};
+use crate::limits::{Limits, Refused, Usage};
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
 /// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.
@@ -346,13 +346,6 @@ impl Store for PgStore {
             ..Usage::default()
         };
         match limits::decide(&pre, &queued, check.listing) {
-            _ if check.listing == Listing::Allowed => {
-                let unlimited = Submission {
-                    limits: None,
-                    ..s.clone()
-                };
-                self.submit_plain(&unlimited).await
-            }
             Err(refused) => {
                 let refused = refused_submission(s, check, refused);
                 match self.submit_plain(&refused).await? {

@@ -102,6 +102,33 @@ fn assert_labelled_jpeg(jpeg: &[u8]) {
     );
 }
 
+/// Sends `text` from `user` with fresh MsgIds from `first_id`, 100 ms apart for up to `secs`, until the passive reply
+/// is a picture; `other` checks each reply that is not. Returns that message, its MsgId and the picture's MediaId.
+async fn until_picture(
+    app: &TestApp,
+    (user, first_id, text): (&str, u64, &str),
+    secs: u64,
+    other: impl Fn(&str),
+) -> (String, u64, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut msg_id = first_id;
+    loop {
+        let message = text_xml(user, msg_id, text);
+        let (status, reply) = app.post_plain(&message).await;
+        assert_eq!(status, 200);
+        if let Some(media_id) = media_id_of(&reply) {
+            return (message, msg_id, media_id);
+        }
+        other(&reply);
+        assert!(
+            Instant::now() < deadline,
+            "{user}: {text:?} never answered with a picture"
+        );
+        msg_id += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The MediaId of a plaintext image reply.
 fn media_id_of(reply: &str) -> Option<String> {
     let fields = huabi::channel::wechat::xml::parse(reply.as_bytes()).ok()?;
@@ -140,6 +167,8 @@ async fn every_message_becomes_one_picture_at_the_api(backend: Backend) {
     );
     assert_eq!(record.tokens_issued, 1, "one token for everything");
     assert_eq!(record.token_requests, 1, "fetched once, shared");
+    // The stand-in records a send a moment before the deliverer records it as delivered.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     for job in app.store.recent_jobs(10).await.expect("jobs") {
         assert_eq!(
             app.store
@@ -150,7 +179,6 @@ async fn every_message_becomes_one_picture_at_the_api(backend: Backend) {
             Some("delivered")
         );
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(stand_in.record().sends.len(), 5, "nothing is sent twice");
 }
 
@@ -242,22 +270,13 @@ async fn passive_only_accounts_keep_pictures_for_fetch(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Until the deliverer has let go of the job, 取图 says it is on its way.
-    let mut answered = None;
-    for attempt in 0..50 {
-        let fetch = text_xml("o_passive", 9401 + attempt, "取图");
-        let (status, reply) = app.post_plain(&fetch).await;
-        assert_eq!(status, 200);
-        if let Some(id) = media_id_of(&reply) {
-            answered = Some((fetch, id));
-            break;
-        }
+    let (fetch, _, media_id) = until_picture(&app, ("o_passive", 9401, "取图"), 5, |reply| {
         assert!(
             reply.contains("稍等") || reply.contains("准备中"),
             "{reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (fetch, media_id) = answered.expect("取图 answered with the picture");
+        )
+    })
+    .await;
     let (_, again) = app.post_plain(&fetch).await;
     assert_eq!(
         media_id_of(&again).as_deref(),
@@ -295,20 +314,7 @@ async fn with_fetch_on_any_message_the_next_prompt_fetches_the_waiting_picture(b
         first.contains("取图"),
         "passive-only accounts say how to fetch: {first}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut n = 9701;
-    let media_id = loop {
-        let (_, reply) = app.post_plain(&text_xml("o_any", n, "团圆")).await;
-        if let Some(id) = media_id_of(&reply) {
-            break id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never answered with the waiting picture"
-        );
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (_, n, media_id) = until_picture(&app, ("o_any", 9701, "团圆"), 60, |_| {}).await;
     assert!(
         stand_in
             .record()
@@ -350,18 +356,7 @@ async fn closed_windows_and_used_quotas_keep_pictures_for_fetch(backend: Backend
     })
     .await;
     for (user, first) in [("o_gone", 9900u64), ("o_many", 9950)] {
-        let mut fetched = None;
-        for attempt in 0..50 {
-            let (_, reply) = app
-                .post_plain(&text_xml(user, first + attempt, "取图"))
-                .await;
-            if let Some(id) = media_id_of(&reply) {
-                fetched = Some(id);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(fetched.is_some(), "{user} fetched the held picture");
+        until_picture(&app, (user, first, "取图"), 5, |_| {}).await;
     }
     let record = stand_in.record();
     assert_eq!(images_per_user(&record).get("o_many"), Some(&2));

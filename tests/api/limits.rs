@@ -57,7 +57,7 @@ async fn fifty_at_once_admit_exactly_the_quota(backend: Backend) {
         .filter(|r| r.contains("今天的 5 张已经画完"))
         .count();
     assert_eq!(refused, 45, "{replies:?}");
-    let today = huabi::usage::today(OffsetDateTime::now_utc()).to_string();
+    let today = huabi::limits::shanghai_day(OffsetDateTime::now_utc()).to_string();
     let usage = app.store.usage(&today).await.expect("usage");
     assert_eq!(
         (usage[0].requests, usage[0].admitted, usage[0].limited),
@@ -227,63 +227,20 @@ async fn the_day_turns_at_midnight_in_shanghai_and_campaigns_cap(backend: Backen
         per_day: 1,
         ..Default::default()
     };
-    // 23:59:59 in Shanghai, twice, then 00:00:00 the next day.
-    assert!(
-        submit_at(
-            store,
-            "u",
-            1,
-            one_a_day,
-            datetime!(2027-09-14 15:59:59 UTC),
-            None
-        )
-        .await
-    );
-    assert!(
-        !submit_at(
-            store,
-            "u",
-            2,
-            one_a_day,
-            datetime!(2027-09-14 15:59:59.9 UTC),
-            None
-        )
-        .await
-    );
-    assert!(
-        submit_at(
-            store,
-            "u",
-            3,
-            one_a_day,
-            datetime!(2027-09-14 16:00:00 UTC),
-            None
-        )
-        .await
-    );
-    assert!(
-        !submit_at(
-            store,
-            "u",
-            4,
-            one_a_day,
-            datetime!(2027-09-15 15:59:00 UTC),
-            None
-        )
-        .await
-    );
-    // UTC midnight is not a Shanghai day boundary.
-    assert!(
-        !submit_at(
-            store,
-            "u",
-            5,
-            one_a_day,
-            datetime!(2027-09-15 00:00:00 UTC),
-            None
-        )
-        .await
-    );
+    // 23:59:59 in Shanghai, twice, then 00:00:00 the next day; UTC midnight is not a Shanghai day boundary.
+    for (n, at, admitted) in [
+        (1, datetime!(2027-09-14 15:59:59 UTC), true),
+        (2, datetime!(2027-09-14 15:59:59.9 UTC), false),
+        (3, datetime!(2027-09-14 16:00:00 UTC), true),
+        (4, datetime!(2027-09-15 15:59:00 UTC), false),
+        (5, datetime!(2027-09-15 00:00:00 UTC), false),
+    ] {
+        assert_eq!(
+            submit_at(store, "u", n, one_a_day, at, None).await,
+            admitted,
+            "{at}"
+        );
+    }
     let capped = Limits {
         campaign_per_day: 2,
         ..Default::default()

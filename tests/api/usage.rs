@@ -38,7 +38,7 @@ async fn usage_counts_every_decision(backend: Backend) {
         assert_eq!(status, 200);
     }
     wait_for(&stand_in, 60, "3 pictures", |r| r.sends.len() >= 3).await;
-    let today = huabi::usage::today(time::OffsetDateTime::now_utc()).to_string();
+    let today = huabi::limits::shanghai_day(time::OffsetDateTime::now_utc()).to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let rows = loop {
         let rows = app.store.usage(&today).await.expect("usage");
