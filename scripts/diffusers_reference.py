@@ -2,8 +2,9 @@
 
 1. schedulers.json: for each scheduler huabi supports and several spacings/step counts, diffusers' timesteps,
    sigmas, init_noise_sigma, scale_model_input of a known sample, and a 3-step trajectory with a known model output.
-2. pipeline-<scheduler>.npy: diffusers' own OnnxStableDiffusionPipeline output on models/tiny-sd from fixed initial
-   latents (init-latents.npy), 64x64, 6 steps, guidance 7.5 — huabi must match within 1e-3.
+2. pipeline-<scheduler>.npy: diffusers' own torch StableDiffusionPipeline output, on the weights models/tiny-sd was
+   exported from (scripts/make_models.py rebuilds them from their seed), from fixed initial latents
+   (init-latents.npy), 64x64, 6 steps, guidance 7.5 — huabi must match within 1e-3.
 
 Random draws (initial latents, and the noise Euler ancestral and LCM add each step) come from huabi's own
 generator (SplitMix64 + Box-Muller, re-implemented below), so huabi can reproduce them exactly: diffusers'
@@ -108,32 +109,22 @@ def scheduler_reference(base_config):
     return {"x0_seed": 7, "c_seed": 8, "noise_seed": 9, "shape": [1, 4, 4, 4], "model_output": "0.3 * x + c", "cases": cases}
 
 
-def float_init_sigma(cls):
-    """diffusers 0.42's (deprecated) ONNX pipeline multiplies a numpy array by init_noise_sigma, which Euler now
-    returns as a tensor; present it as a float, as the pipeline expects. Nothing else changes."""
-    prop = getattr(cls, "init_noise_sigma", None)
-    if isinstance(prop, property):
-        return type(cls.__name__, (cls,), {"init_noise_sigma": property(lambda s: float(prop.fget(s)))})
-    return cls
-
-
 def pipeline_reference(base_config):
-    from diffusers import OnnxStableDiffusionPipeline
+    from make_models import tiny_sd
 
     latents = Noise(SEED).normals(4 * 8 * 8).reshape(1, 4, 8, 8)
     np.save(f"{OUT}/init-latents.npy", latents)
     summary = {}
+    pipe = tiny_sd()  # the torch pipeline models/tiny-sd was exported from (same seed, same weights)
+    pipe.set_progress_bar_config(disable=True)
     for name, (cls, extra) in schedulers().items():
-        scheduler = float_init_sigma(cls).from_config(dict(base_config, **extra))
-        pipe = OnnxStableDiffusionPipeline.from_pretrained(MODEL, provider="CPUExecutionProvider", scheduler=scheduler,
-                                                           vae_encoder=None, safety_checker=None, feature_extractor=None,
-                                                           requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = cls.from_config(dict(base_config, **extra))
         stream = Noise(SEED)
         stream.normals(4 * 8 * 8)  # the initial latents come first in the item's stream
         patch_noise(stream)
-        image = pipe(PROMPT, negative_prompt="", height=64, width=64, num_inference_steps=STEPS, guidance_scale=7.5,
-                     latents=latents.copy(), output_type="np").images[0]
+        with torch.no_grad():
+            image = pipe(PROMPT, negative_prompt="", height=64, width=64, num_inference_steps=STEPS,
+                         guidance_scale=7.5, latents=torch.from_numpy(latents.copy()), output_type="np").images[0]
         np.save(f"{OUT}/pipeline-{name}.npy", image.astype(np.float32))
         summary[name] = {"mean": float(image.mean()), "std": float(image.std())}
     return summary

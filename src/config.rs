@@ -244,6 +244,8 @@ pub struct ReplySettings {
     pub status_queued: String,
     /// 进度 with nothing queued.
     pub status_idle: String,
+    /// 进度 when the follower's painting needs a model no worker paints now; `{model}` is its name.
+    pub status_waiting_model: String,
     /// 重画 with no earlier request.
     pub again_nothing: String,
     /// A prompt longer than the engine takes; `{max}` is filled in.
@@ -308,6 +310,7 @@ impl Settings {
                 .with_list_parse_key("delivery.fetch_keywords")
                 .with_list_parse_key("limits.allow")
                 .with_list_parse_key("limits.deny")
+                .with_list_parse_key("engine.models")
                 .try_parsing(true)
                 .source(Some(huabi_env.clone())),
         );
@@ -434,8 +437,9 @@ mod tests {
         assert_eq!(s.database.url, "sqlite://data/huabi.db?mode=rwc");
         assert_eq!(s.wechat.max_clock_skew_secs, 600);
         assert_eq!(s.server.body_limit_bytes, 65536);
+        assert_eq!(s.engine.default_model(), "tiny-sd");
         assert_eq!(
-            s.engine.model_dir,
+            s.engine.default_model_dir(),
             std::path::PathBuf::from("models/tiny-sd")
         );
         assert_eq!(s.engine.device, "cpu");
@@ -452,6 +456,27 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(s.engine.ort_dylib_path, "/y/lib.so");
+    }
+
+    #[test]
+    fn model_dir_wins_over_model_and_names_the_default() {
+        let s = Settings::load_from(env(&[
+            ("HUABI__ENGINE__MODEL", "sd15"),
+            ("HUABI__ENGINE__MODELS", "sd15,sdxl"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.engine.default_model(), "sd15");
+        assert_eq!(s.engine.models, vec!["sd15", "sdxl"]);
+        let s = Settings::load_from(env(&[
+            ("HUABI__ENGINE__MODEL", "sd15"),
+            ("HUABI__ENGINE__MODEL_DIR", "/srv/models/my-anime"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.engine.default_model(), "my-anime");
+        assert_eq!(
+            s.engine.default_model_dir(),
+            std::path::PathBuf::from("/srv/models/my-anime")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::engine::encode::{self, WECHAT_JPEG_BUDGET};
 use crate::engine::label::{AigcRecord, draw_visible_label};
 use crate::engine::{
-    Batch, BatchKey, EngineConfig, Item, Picture, Progress, SchedulerKind, StableDiffusion, npy,
+    Batch, BatchKey, Engine, EngineConfig, Item, LoraChoice, Picture, Progress, SchedulerKind, npy,
 };
 
 /// What to paint and where to write it (the flags of `huabi generate`).
@@ -31,12 +31,12 @@ pub struct GenerateOptions {
     /// Seed of the first picture (picture i uses seed + i); random when omitted.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Width in pixels (a multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub width: u32,
-    /// Height in pixels (a multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub height: u32,
+    /// Width in pixels (a multiple of 8; default: the model's native size, 512 for SD 1.5, 1024 for SDXL).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Height in pixels (a multiple of 8; default: the model's native size).
+    #[arg(long)]
+    pub height: Option<u32>,
     /// Classifier-free guidance scale (1 or less turns guidance off).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f32,
@@ -49,6 +49,31 @@ pub struct GenerateOptions {
     /// Initial latents: float32 .npy of shape [1, 4, H/f, W/f] (diffusers' `latents=`).
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
+    /// The model (a folder of HUABI__ENGINE__MODELS_DIR; default: HUABI__ENGINE__MODEL).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A LoRA merged into the model: a name in models/loras or a .safetensors path, with an optional
+    /// `:SCALE` (default 1). Repeat to stack several.
+    #[arg(long = "lora", value_parser = parse_lora)]
+    pub loras: Vec<LoraChoice>,
+}
+
+/// `NAME_OR_PATH[:SCALE]`.
+pub fn parse_lora(s: &str) -> Result<LoraChoice, String> {
+    let (name, scale) = match s.rsplit_once(':') {
+        Some((name, scale)) if !name.is_empty() => match scale.parse::<f32>() {
+            Ok(scale) if scale.is_finite() => (name, scale),
+            _ => return Err(format!("{s:?}: the scale after ':' must be a number")),
+        },
+        _ => (s, 1.0),
+    };
+    if name.trim().is_empty() {
+        return Err("a LoRA needs a name or a path".into());
+    }
+    Ok(LoraChoice {
+        name: name.to_string(),
+        scale,
+    })
 }
 
 /// Output paths for a batch of `n`.
@@ -103,15 +128,27 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
         bail!("--batch must be at least 1");
     }
     let load_started = Instant::now();
-    let mut engine = StableDiffusion::load(config)?;
+    let mut engine = Engine::new(config)?;
+    let model = options
+        .model
+        .clone()
+        .unwrap_or_else(|| engine.catalog().default_model().to_string());
+    let opened = engine.open(&model, &options.loras)?;
     let load_time = load_started.elapsed();
+    let pipeline = engine.pipeline(&model, &options.loras)?;
+    let folder = pipeline.folder();
     let scheduler = options
         .scheduler
-        .or(engine.folder().default_scheduler)
+        .or(folder.default_scheduler)
         .unwrap_or(SchedulerKind::Euler);
+    let native = folder.native_size.unwrap_or(512);
+    let (width, height) = (
+        options.width.unwrap_or(native),
+        options.height.unwrap_or(native),
+    );
     let first_seed = options.seed.unwrap_or_else(rand::random);
-    let f = engine.folder().vae_scale_factor as usize;
-    let per_item = 4 * (options.height as usize / f.max(1)) * (options.width as usize / f.max(1));
+    let f = folder.vae_scale_factor as usize;
+    let per_item = 4 * (height as usize / f.max(1)) * (width as usize / f.max(1));
     let latents = match &options.init_latents {
         Some(path) => init_latents(path, options.batch, per_item)?
             .into_iter()
@@ -121,8 +158,10 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
     };
     let batch = Batch {
         key: BatchKey {
-            width: options.width,
-            height: options.height,
+            model: model.clone(),
+            loras: options.loras.clone(),
+            width,
+            height,
             steps: options.steps,
             scheduler,
         },
@@ -153,7 +192,7 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
             let _ = std::io::stderr().flush();
         }
     };
-    let generated = engine.generate(&batch, &mut on_step)?;
+    let generated = pipeline.generate(&batch, &mut on_step)?;
     if show_bar {
         eprintln!();
     }
@@ -174,6 +213,13 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
         );
     }
     let t = generated.timings;
+    if opened.merged_layers > 0 {
+        println!(
+            "LoRAs: {} layers merged in {:.0} ms",
+            opened.merged_layers,
+            opened.merge_secs * 1e3
+        );
+    }
     println!(
         "timings: load {:.0} ms, text {:.1} ms, denoise {:.1} ms ({:.1} ms/step), decode {:.1} ms, total {:.1} ms, encode {:.1} ms",
         load_time.as_secs_f64() * 1e3,

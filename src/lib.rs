@@ -27,6 +27,8 @@ pub mod generate;
 pub mod http;
 /// Per-follower limits: the pure policy.
 pub mod limits;
+/// Domain types every layer shares.
+pub mod model;
 /// The worker: leases batches of jobs and paints them.
 pub mod queue;
 /// A local stand-in for WeChat's API, for tests and trying huabi without an account.

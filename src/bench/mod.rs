@@ -271,6 +271,8 @@ pub fn run_engine(
     use crate::engine::{Batch, BatchKey, Item, StableDiffusion};
     let mut engine = StableDiffusion::load(config)?;
     let key = BatchKey {
+        model: config.default_model(),
+        loras: Vec::new(),
         width: options.width,
         height: options.height,
         steps: options.steps,
@@ -279,7 +281,7 @@ pub fn run_engine(
     let mut rows = Vec::new();
     for &b in &options.batches {
         let batch = Batch {
-            key,
+            key: key.clone(),
             items: (0..b)
                 .map(|i| Item {
                     prompt: "a photo of the moon, mid-autumn festival".into(),

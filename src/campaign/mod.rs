@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::ModelCatalog;
+use crate::model::LoraChoice;
 use crate::store::{Store, StoreError};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -76,9 +78,12 @@ pub struct Campaign {
     /// Negative prompt.
     #[serde(default)]
     pub negative_prompt: String,
-    /// The model folder's name it is meant for (informational: one model per deployment today).
+    /// The model it is painted with (a folder of the model catalogue; empty = the default model).
     #[serde(default)]
     pub model: String,
+    /// LoRAs merged into the model for this campaign (`[{ name = "NAME", scale = 0.8 }]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraChoice>,
     /// Picture width.
     pub width: u32,
     /// Picture height.
@@ -169,7 +174,44 @@ impl Campaign {
         if end <= start {
             return Err(invalid("ends_at must be after starts_at".into()));
         }
+        for lora in &self.loras {
+            if lora.name.trim().is_empty() {
+                return Err(invalid("a LoRA needs a name".into()));
+            }
+            if !(lora.scale.is_finite() && (-10.0..=10.0).contains(&lora.scale)) {
+                return Err(invalid(format!(
+                    "LoRA {} scale {} must be between -10 and 10",
+                    lora.name, lora.scale
+                )));
+            }
+        }
+        let mut names: Vec<&str> = self.loras.iter().map(|l| l.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("a LoRA is listed twice".into()));
+        }
         Ok(())
+    }
+
+    /// Checks the model and LoRAs against `catalog`: the model exists, every LoRA exists and every key of it fits
+    /// the model. With `strict` false, a model this catalogue lacks is accepted (another node may paint it) — but
+    /// when it has the model, the LoRAs must be there and fit.
+    pub fn check_models(&self, catalog: &ModelCatalog, strict: bool) -> Result<(), CampaignError> {
+        let model = if self.model.is_empty() {
+            catalog.default_model()
+        } else {
+            self.model.as_str()
+        };
+        if !strict && !catalog.model_names().iter().any(|m| m == model) {
+            tracing::warn!(campaign = %self.name, %model, "this node does not have the campaign's model; its LoRAs are checked where it is painted");
+            return Ok(());
+        }
+        catalog
+            .check(model, &self.loras)
+            .map_err(|e| CampaignError::Invalid {
+                name: self.name.clone(),
+                reason: e.to_string(),
+            })
     }
 
     fn window_times(&self) -> Result<(OffsetDateTime, OffsetDateTime), CampaignError> {

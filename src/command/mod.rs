@@ -246,11 +246,11 @@ pub fn received(settings: &Settings) -> Reply {
 
 /// The job for a free painting request: the configured parameters, with the follower's options applied.
 pub fn job_for(request: &PaintRequest, settings: &Settings) -> NewJob {
-    with_options(
-        NewJob::new(request.subject.clone(), &settings.jobs),
-        request,
-        settings,
-    )
+    let job = NewJob {
+        model: settings.engine.default_model(),
+        ..NewJob::new(request.subject.clone(), &settings.jobs)
+    };
+    with_options(job, request, settings)
 }
 
 /// The job for a campaign request: the campaign's template and parameters, with the follower's options applied.
@@ -264,6 +264,12 @@ pub fn campaign_job(campaign: &Campaign, request: &PaintRequest, settings: &Sett
         scheduler: campaign.scheduler.clone(),
         guidance: campaign.guidance,
         campaign: Some(campaign.name.clone()),
+        model: if campaign.model.is_empty() {
+            settings.engine.default_model()
+        } else {
+            campaign.model.clone()
+        },
+        loras: campaign.loras.clone(),
         ..NewJob::new(String::new(), &settings.jobs)
     };
     with_options(job, request, settings)
@@ -369,6 +375,9 @@ pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
     if status.open == 0 {
         return text(&replies.status_idle);
     }
+    if let Some(model) = &status.waiting_for_model {
+        return text(&replies.status_waiting_model.replace("{model}", model));
+    }
     let eta = if status.finished_recently > 0 {
         let per_sec = status.finished_recently as f64 / 600.0;
         let secs = ((status.ahead + status.open) as f64 / per_sec).ceil() as u64;
@@ -418,7 +427,13 @@ mod tests {
         let Plan::Paint { job, reply } = plan_for("  嫦娥抱玉兔 ", &s) else {
             panic!("a job")
         };
-        assert_eq!(job, NewJob::new("嫦娥抱玉兔", &s.jobs));
+        assert_eq!(
+            job,
+            NewJob {
+                model: "tiny-sd".into(),
+                ..NewJob::new("嫦娥抱玉兔", &s.jobs)
+            }
+        );
         assert_eq!(reply, text(&s.replies.received));
     }
 
@@ -645,6 +660,7 @@ mod tests {
     fn status_reports_position_and_eta() {
         let r = settings().replies;
         let status = |open, ahead, finished_recently| QueueStatus {
+            waiting_for_model: None,
             open,
             ahead,
             finished_recently,
@@ -662,5 +678,13 @@ mod tests {
             panic!()
         };
         assert!(unknown.contains("片刻"), "{unknown}");
+        let waiting = QueueStatus {
+            waiting_for_model: Some("sdxl-anime".into()),
+            ..status(1, 3, 600)
+        };
+        let Reply::Text { text: waiting } = status_reply(waiting, &r) else {
+            panic!()
+        };
+        assert!(waiting.contains("sdxl-anime"), "{waiting}");
     }
 }

@@ -5,7 +5,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::encode::{self, WECHAT_JPEG_BUDGET};
 use super::label::{AigcRecord, draw_visible_label};
-use super::{Batch, EngineConfig, EngineError, Generated, StableDiffusion, StageTimings};
+use super::{Batch, Engine, EngineConfig, EngineError, Generated, ModelCatalog, StageTimings};
 
 struct Job {
     batch: Batch,
@@ -16,6 +16,7 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     jobs: mpsc::Sender<Job>,
+    catalog: ModelCatalog,
 }
 
 /// A finished, labelled picture ready for delivery.
@@ -26,15 +27,24 @@ pub struct LabelledJpeg {
 }
 
 impl EngineHandle {
-    /// Loads the model on a new thread; returns once it is loaded (or failed to load).
+    /// Starts the engine on a new thread and opens the default model there (when this node paints it); returns
+    /// once it is open (or failed to open). Other models open when a batch first asks for them.
     pub fn spawn(config: EngineConfig) -> Result<Self, EngineError> {
+        let catalog = ModelCatalog::new(&config);
         // Capacity 1: the next batch waits here while one runs, so the caller can keep batching.
         let (jobs, mut inbox) = mpsc::channel::<Job>(1);
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("huabi-engine".into())
             .spawn(move || {
-                let mut engine = match StableDiffusion::load(&config) {
+                let opened = Engine::new(&config).and_then(|mut engine| {
+                    let default = engine.catalog().default_model().to_string();
+                    if engine.catalog().allows(&default) {
+                        engine.open(&default, &[])?;
+                    }
+                    Ok(engine)
+                });
+                let mut engine = match opened {
                     Ok(engine) => {
                         let _ = loaded_tx.send(Ok(()));
                         engine
@@ -54,7 +64,12 @@ impl EngineHandle {
         loaded_rx
             .recv()
             .map_err(|_| EngineError::Runtime("the engine thread ended while loading".into()))??;
-        Ok(Self { jobs })
+        Ok(Self { jobs, catalog })
+    }
+
+    /// The catalogue this engine paints from.
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
     }
 
     /// Paints a batch on the engine thread.

@@ -1,12 +1,17 @@
 //! The Stable Diffusion engine on ONNX Runtime. Knows nothing of users, jobs or channels: it turns a [`Batch`] of
 //! prompts into pictures. The rest of huabi imports only the items re-exported here.
 
+mod catalog;
+mod conditioning;
 pub mod encode;
+mod engine;
 mod handle;
 pub mod label;
+pub mod lora;
 mod model;
 pub mod noise;
 pub mod npy;
+pub mod onnx;
 mod pipeline;
 mod runtime;
 pub mod scheduler;
@@ -16,9 +21,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::model::LoraChoice;
+pub use catalog::{LoraInfo, ModelCatalog, ModelInfo};
+pub use engine::{Engine, LoadReport};
 pub use handle::{EngineHandle, LabelledJpeg};
-pub use model::{ModelFolder, ModelIo};
-pub use pipeline::{Generated, Progress, StableDiffusion, StageTimings};
+pub use model::{Architecture, ModelFolder, ModelIo};
+pub use pipeline::{Generated, Progress, Sessions, SharedSession, StableDiffusion, StageTimings};
 pub use runtime::{Device, default_library_candidates};
 pub use scheduler::SchedulerKind;
 pub use tokenizer::{ClipTokenizer, normalize_prompt};
@@ -60,8 +68,20 @@ impl From<scheduler::SchedulerError> for EngineError {
 /// `[engine]` settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EngineConfig {
-    /// A Stable Diffusion folder in the diffusers/optimum ONNX layout.
+    /// The model catalogue: one folder per model (diffusers/optimum ONNX layout), LoRAs in `loras/`.
+    pub models_dir: PathBuf,
+    /// The default model's name (a folder of `models_dir`).
+    pub model: String,
+    /// A model folder anywhere; when set it is the default model (named after its folder) and wins over `model`.
+    #[serde(default)]
     pub model_dir: PathBuf,
+    /// Models this node paints; empty = every model in the catalogue.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Memory for open sessions in MiB (least recently used pipelines are closed beyond it); 0 = half the
+    /// machine's memory.
+    #[serde(default)]
+    pub memory_budget_mb: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Intra-op threads per session; 0 = all cores.
@@ -80,9 +100,36 @@ pub struct EngineConfig {
     pub aigc_provider: String,
 }
 
+impl EngineConfig {
+    /// The default model's folder: `model_dir` when set, else `models_dir/model`.
+    pub fn default_model_dir(&self) -> PathBuf {
+        if self.model_dir.as_os_str().is_empty() {
+            self.models_dir.join(&self.model)
+        } else {
+            self.model_dir.clone()
+        }
+    }
+
+    /// The default model's name: `model_dir`'s folder name when set, else `model`.
+    pub fn default_model(&self) -> String {
+        if self.model_dir.as_os_str().is_empty() {
+            self.model.clone()
+        } else {
+            self.model_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| self.model.clone())
+        }
+    }
+}
+
 /// What every item of a batch shares: one UNet call per step serves them all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BatchKey {
+    /// The model's name in the catalogue.
+    pub model: String,
+    /// The LoRAs merged into it, in a canonical order (by name).
+    pub loras: Vec<LoraChoice>,
     /// Image width in pixels.
     pub width: u32,
     /// Image height in pixels.

@@ -8,13 +8,41 @@ use ort::value::TensorElementType;
 use serde_json::Value;
 
 use super::EngineError;
+use super::lora::sgm::UnetLayout;
 use super::scheduler::{SchedulerConfig, SchedulerKind};
+
+/// The pipeline layout a model folder has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Stable Diffusion 1.x/2.x: one text encoder.
+    Sd,
+    /// SDXL: two text encoders, pooled text embeddings and size conditioning.
+    Sdxl,
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Architecture::Sd => "sd",
+            Architecture::Sdxl => "sdxl",
+        })
+    }
+}
 
 /// What a model folder holds, checked before any session is opened.
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
     /// The folder.
     pub root: PathBuf,
+    /// SD or SDXL.
+    pub architecture: Architecture,
+    /// Whether an empty negative prompt means zero embeddings (SDXL's `force_zeros_for_empty_prompt`).
+    pub zero_empty_negative: bool,
+    /// The UNet's block layout (for LoRAs named after the original SD blocks), when its config gives it.
+    pub unet_layout: Option<UnetLayout>,
+    /// The picture size the model was trained for (UNet `sample_size` × VAE scale factor).
+    pub native_size: Option<u32>,
     /// Pixels per latent cell: 2^(VAE blocks − 1).
     pub vae_scale_factor: u32,
     /// Latents are divided by this before decoding.
@@ -56,14 +84,26 @@ impl ModelFolder {
                 return Err(model_error(root, format!("{required} is missing")));
             }
         }
-        let tokenizer = root.join("tokenizer");
-        let has_tokenizer = tokenizer.join("tokenizer.json").is_file()
-            || (tokenizer.join("vocab.json").is_file() && tokenizer.join("merges.txt").is_file());
-        if !has_tokenizer {
-            return Err(model_error(
-                root,
-                "tokenizer/ needs tokenizer.json or vocab.json + merges.txt",
-            ));
+        let architecture = if root.join("text_encoder_2/model.onnx").is_file() {
+            Architecture::Sdxl
+        } else {
+            Architecture::Sd
+        };
+        let tokenizers: &[&str] = match architecture {
+            Architecture::Sd => &["tokenizer"],
+            Architecture::Sdxl => &["tokenizer", "tokenizer_2"],
+        };
+        for name in tokenizers {
+            let tokenizer = root.join(name);
+            let has_tokenizer = tokenizer.join("tokenizer.json").is_file()
+                || (tokenizer.join("vocab.json").is_file()
+                    && tokenizer.join("merges.txt").is_file());
+            if !has_tokenizer {
+                return Err(model_error(
+                    root,
+                    format!("{name}/ needs tokenizer.json or vocab.json + merges.txt"),
+                ));
+            }
         }
         let vae_path = root.join("vae_decoder/config.json");
         let vae = read_json(&vae_path)?;
@@ -89,14 +129,37 @@ impl ModelFolder {
             .class_name
             .as_deref()
             .and_then(SchedulerKind::from_class_name);
-        read_json(&root.join("model_index.json"))?;
+        let index = read_json(&root.join("model_index.json"))?;
+        let zero_empty_negative = index
+            .get("force_zeros_for_empty_prompt")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let unet_config = read_json(&root.join("unet/config.json")).ok();
+        let vae_scale_factor = 1 << (blocks - 1);
+        let native_size = unet_config
+            .as_ref()
+            .and_then(|c| c.get("sample_size")?.as_u64())
+            .and_then(|s| u32::try_from(s).ok())
+            .map(|s| s.saturating_mul(vae_scale_factor));
         Ok(Self {
             root: root.to_path_buf(),
-            vae_scale_factor: 1 << (blocks - 1),
+            architecture,
+            zero_empty_negative,
+            unet_layout: unet_config.as_ref().and_then(UnetLayout::from_config),
+            native_size,
+            vae_scale_factor,
             latent_scaling,
             scheduler,
             default_scheduler,
         })
+    }
+
+    /// The text encoder components, in order.
+    pub fn text_encoders(&self) -> &'static [&'static str] {
+        match self.architecture {
+            Architecture::Sd => &["text_encoder"],
+            Architecture::Sdxl => &["text_encoder", "text_encoder_2"],
+        }
     }
 
     /// Path of a component's `model.onnx`.
@@ -116,19 +179,33 @@ pub struct Port {
     pub dims: Vec<i64>,
 }
 
-/// The names, types and ranks the three sessions declare.
+/// What the pipeline feeds a text encoder and reads from it.
+#[derive(Debug, Clone)]
+pub struct TextEncoderIo {
+    /// `input_ids` (int32 or int64).
+    pub input_ids: Port,
+    /// The per-token embeddings the UNet reads: `last_hidden_state` for SD, the penultimate layer's
+    /// `hidden_states.N` for SDXL (as diffusers' SDXL pipeline does).
+    pub hidden_states: String,
+    /// SDXL's second encoder: the pooled, projected embedding (`text_embeds`).
+    pub pooled: Option<String>,
+}
+
+/// The names, types and ranks the sessions declare.
 #[derive(Debug, Clone)]
 pub struct ModelIo {
-    /// text_encoder `input_ids` (int32 or int64).
-    pub input_ids: Port,
-    /// text_encoder per-token embeddings output.
-    pub hidden_states: String,
+    /// One text encoder (SD) or two (SDXL), in order.
+    pub text_encoders: Vec<TextEncoderIo>,
     /// unet `sample` (float32 or float16).
     pub sample: Port,
     /// unet `timestep` (rank 0 or 1; float or int).
     pub timestep: Port,
     /// unet `encoder_hidden_states`.
     pub encoder_hidden_states: Port,
+    /// SDXL unet `text_embeds` (the pooled embedding).
+    pub text_embeds: Option<Port>,
+    /// SDXL unet `time_ids` (original size, crop, target size).
+    pub time_ids: Option<Port>,
     /// unet output.
     pub noise_pred: String,
     /// vae_decoder `latent_sample`.
@@ -198,7 +275,7 @@ fn no_extra_inputs(session: &Session, path: &Path, known: &[&str]) -> Result<(),
         Some(extra) => Err(model_error(
             path,
             format!(
-                "needs input {:?}, which this pipeline does not provide (SDXL/LCM-distilled UNets are not supported yet)",
+                "needs input {:?}, which this pipeline does not provide (LCM-distilled, ControlNet or inpainting UNets are not supported yet)",
                 extra.name()
             ),
         )),
@@ -206,35 +283,114 @@ fn no_extra_inputs(session: &Session, path: &Path, known: &[&str]) -> Result<(),
     }
 }
 
+/// The penultimate `hidden_states.N` output, which SDXL conditions on.
+fn penultimate_hidden_states(session: &Session, path: &Path) -> Result<String, EngineError> {
+    let layers = session
+        .outputs()
+        .iter()
+        .filter_map(|o| o.name().strip_prefix("hidden_states.")?.parse::<usize>().ok())
+        .max()
+        .ok_or_else(|| {
+            model_error(
+                path,
+                "an SDXL text encoder must output hidden_states.N (export it with output_hidden_states)",
+            )
+        })?;
+    if layers == 0 {
+        return Err(model_error(path, "has no layer before the last"));
+    }
+    Ok(format!("hidden_states.{}", layers - 1))
+}
+
+fn text_encoder_io(
+    session: &Session,
+    path: &Path,
+    architecture: Architecture,
+    second: bool,
+) -> Result<TextEncoderIo, EngineError> {
+    use TensorElementType::{Int32, Int64};
+    no_extra_inputs(session, path, &["input_ids", "attention_mask"])?;
+    if session
+        .inputs()
+        .iter()
+        .any(|i| i.name() == "attention_mask")
+    {
+        return Err(model_error(
+            path,
+            "needs attention_mask, which SD text encoders do not use",
+        ));
+    }
+    let (hidden_states, pooled) = match architecture {
+        Architecture::Sd => (output(session, path, "last_hidden_state")?, None),
+        Architecture::Sdxl => {
+            let pooled = if second {
+                let name = "text_embeds";
+                if !session.outputs().iter().any(|o| o.name() == name) {
+                    return Err(model_error(
+                        path,
+                        "SDXL's second text encoder must output text_embeds",
+                    ));
+                }
+                Some(name.to_string())
+            } else {
+                None
+            };
+            (penultimate_hidden_states(session, path)?, pooled)
+        }
+    };
+    Ok(TextEncoderIo {
+        input_ids: port(session, path, "input_ids", &[Int32, Int64], &[2])?,
+        hidden_states,
+        pooled,
+    })
+}
+
 impl ModelIo {
-    /// Reads and checks the three sessions' declarations.
+    /// Reads and checks the sessions' declarations.
     pub fn read(
         folder: &ModelFolder,
-        text_encoder: &Session,
+        text_encoders: &[&Session],
         unet: &Session,
         vae: &Session,
     ) -> Result<Self, EngineError> {
         use TensorElementType::{Float16, Float32, Int32, Int64};
-        let te = folder.onnx("text_encoder");
         let un = folder.onnx("unet");
         let vd = folder.onnx("vae_decoder");
-        no_extra_inputs(text_encoder, &te, &["input_ids", "attention_mask"])?;
-        no_extra_inputs(unet, &un, &["sample", "timestep", "encoder_hidden_states"])?;
-        no_extra_inputs(vae, &vd, &["latent_sample"])?;
-        if text_encoder
-            .inputs()
+        let text_encoders = text_encoders
             .iter()
-            .any(|i| i.name() == "attention_mask")
-        {
-            return Err(model_error(
-                &te,
-                "needs attention_mask, which SD text encoders do not use",
-            ));
-        }
+            .enumerate()
+            .map(|(i, session)| {
+                let component = if i == 0 {
+                    "text_encoder"
+                } else {
+                    "text_encoder_2"
+                };
+                text_encoder_io(
+                    session,
+                    &folder.onnx(component),
+                    folder.architecture,
+                    i == 1,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sdxl = folder.architecture == Architecture::Sdxl;
+        let unet_inputs: &[&str] = if sdxl {
+            &[
+                "sample",
+                "timestep",
+                "encoder_hidden_states",
+                "text_embeds",
+                "time_ids",
+            ]
+        } else {
+            &["sample", "timestep", "encoder_hidden_states"]
+        };
+        no_extra_inputs(unet, &un, unet_inputs)?;
+        no_extra_inputs(vae, &vd, &["latent_sample"])?;
+        let floats = [Float32, Float16];
         Ok(Self {
-            input_ids: port(text_encoder, &te, "input_ids", &[Int32, Int64], &[2])?,
-            hidden_states: output(text_encoder, &te, "last_hidden_state")?,
-            sample: port(unet, &un, "sample", &[Float32, Float16], &[4])?,
+            text_encoders,
+            sample: port(unet, &un, "sample", &floats, &[4])?,
             timestep: port(
                 unet,
                 &un,
@@ -242,15 +398,15 @@ impl ModelIo {
                 &[Float32, Float16, Int64, Int32],
                 &[0, 1],
             )?,
-            encoder_hidden_states: port(
-                unet,
-                &un,
-                "encoder_hidden_states",
-                &[Float32, Float16],
-                &[3],
-            )?,
+            encoder_hidden_states: port(unet, &un, "encoder_hidden_states", &floats, &[3])?,
+            text_embeds: sdxl
+                .then(|| port(unet, &un, "text_embeds", &floats, &[2]))
+                .transpose()?,
+            time_ids: sdxl
+                .then(|| port(unet, &un, "time_ids", &floats, &[2]))
+                .transpose()?,
             noise_pred: output(unet, &un, "out_sample")?,
-            latent_sample: port(vae, &vd, "latent_sample", &[Float32, Float16], &[4])?,
+            latent_sample: port(vae, &vd, "latent_sample", &floats, &[4])?,
             image: output(vae, &vd, "sample")?,
         })
     }

@@ -1,25 +1,46 @@
-//! Text-to-image: tokenize → text encoder (conditional and unconditional rows in one batch) → seeded latents →
-//! one batched UNet call per step with classifier-free guidance → VAE decode, one item at a time.
+//! Text-to-image: tokenize → text encoder(s) (conditional and unconditional rows in one batch) → seeded latents →
+//! one batched UNet call per step with classifier-free guidance → VAE decode. SD 1.x/2.x and SDXL (two encoders,
+//! pooled embeddings, size conditioning).
 
-use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType};
 
-use super::model::{ModelFolder, ModelIo, Port};
+use super::conditioning::{Conditioning, Encoder, TextConditioner};
+use super::model::{Architecture, ModelFolder, ModelIo, Port};
 use super::noise::Noise;
 use super::runtime::{self, Device};
 use super::scheduler::{self, Scheduler};
-use super::tokenizer::{ClipTokenizer, MAX_TOKENS};
+use super::tokenizer::ClipTokenizer;
 use super::{Batch, EngineConfig, EngineError, Picture};
 
-/// Latent channels of SD 1.x/2.x.
+/// Latent channels of SD 1.x/2.x and SDXL.
 const LATENT_CHANNELS: usize = 4;
 /// Most output pixels one VAE call decodes (256² × 4).
 const VAE_PIXELS_PER_CALL: usize = 262_144;
-/// Distinct negative prompts whose embeddings are kept.
-const NEGATIVE_CACHE: usize = 64;
+
+/// A session several pipelines may share (a VAE or text encoder no LoRA changes).
+pub type SharedSession = Arc<Mutex<Session>>;
+
+/// Locks a session (the engine runs on one thread, so this never waits).
+pub(crate) fn lock(session: &SharedSession) -> Result<MutexGuard<'_, Session>, EngineError> {
+    session
+        .lock()
+        .map_err(|_| EngineError::Runtime("a session lock was poisoned".into()))
+}
+
+/// The sessions of one pipeline.
+#[derive(Clone)]
+pub struct Sessions {
+    /// `text_encoder` (and SDXL's `text_encoder_2`).
+    pub text_encoders: Vec<SharedSession>,
+    /// `unet`.
+    pub unet: SharedSession,
+    /// `vae_decoder`.
+    pub vae: SharedSession,
+}
 
 /// Where the time of one batch went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -52,16 +73,14 @@ pub struct Generated {
     pub timings: StageTimings,
 }
 
-/// A loaded Stable Diffusion pipeline: three sessions, the tokenizer and the folder's configuration.
+/// A loaded Stable Diffusion pipeline: its sessions, tokenizers and the folder's configuration.
 pub struct StableDiffusion {
     folder: ModelFolder,
     io: ModelIo,
-    tokenizer: ClipTokenizer,
-    text_encoder: Session,
-    unet: Session,
-    vae: Session,
+    text: TextConditioner,
+    unet: SharedSession,
+    vae: SharedSession,
     config: EngineConfig,
-    negative_cache: HashMap<String, Vec<f32>>,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -93,7 +112,7 @@ fn float_tensor(
 }
 
 /// Float values (f32 or f16) and the shape of an output.
-fn float_values(value: &DynValue) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+pub(crate) fn float_values(value: &DynValue) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
     if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
         return Ok((shape.iter().copied().collect(), data.to_vec()));
     }
@@ -118,26 +137,73 @@ fn timestep_tensor(port: &Port, t: f32, rows: usize) -> Result<DynValue, EngineE
 }
 
 impl StableDiffusion {
-    /// Loads ONNX Runtime, checks the model folder and opens the three sessions.
+    /// Loads ONNX Runtime, checks the configured default model's folder and opens its sessions (no LoRAs).
     pub fn load(config: &EngineConfig) -> Result<Self, EngineError> {
         let device: Device = config.device.parse()?;
-        let folder = ModelFolder::inspect(&config.model_dir)?;
-        let tokenizer = ClipTokenizer::from_dir(&folder.root.join("tokenizer"))?;
+        let folder = ModelFolder::inspect(&config.default_model_dir())?;
         let env = runtime::environment(config, device)?;
-        let open = |component: &str| runtime::open_session(&env, &folder.onnx(component), device);
-        let text_encoder = open("text_encoder")?;
-        let unet = open("unet")?;
-        let vae = open("vae_decoder")?;
-        let io = ModelIo::read(&folder, &text_encoder, &unet, &vae)?;
+        let open = |component: &str| -> Result<SharedSession, EngineError> {
+            Ok(Arc::new(Mutex::new(runtime::open_session(
+                &env,
+                &folder.onnx(component),
+                device,
+            )?)))
+        };
+        let sessions = Sessions {
+            text_encoders: folder
+                .text_encoders()
+                .iter()
+                .map(|c| open(c))
+                .collect::<Result<_, _>>()?,
+            unet: open("unet")?,
+            vae: open("vae_decoder")?,
+        };
+        Self::new(folder, sessions, config)
+    }
+
+    /// A pipeline over sessions already open for `folder` (maybe shared with other pipelines, maybe with LoRAs).
+    pub fn new(
+        folder: ModelFolder,
+        sessions: Sessions,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let io = {
+            let encoders = sessions
+                .text_encoders
+                .iter()
+                .map(lock)
+                .collect::<Result<Vec<_>, _>>()?;
+            let encoder_refs: Vec<&Session> = encoders.iter().map(|g| &**g).collect();
+            ModelIo::read(
+                &folder,
+                &encoder_refs,
+                &*lock(&sessions.unet)?,
+                &*lock(&sessions.vae)?,
+            )?
+        };
+        let tokenizers: &[&str] = match folder.architecture {
+            Architecture::Sd => &["tokenizer"],
+            Architecture::Sdxl => &["tokenizer", "tokenizer_2"],
+        };
+        let encoders = tokenizers
+            .iter()
+            .zip(&sessions.text_encoders)
+            .zip(&io.text_encoders)
+            .map(|((dir, session), io)| {
+                Ok(Encoder {
+                    tokenizer: ClipTokenizer::from_dir(&folder.root.join(dir))?,
+                    session: session.clone(),
+                    io: io.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
         Ok(Self {
-            folder,
+            text: TextConditioner::new(encoders, folder.zero_empty_negative),
             io,
-            tokenizer,
-            text_encoder,
-            unet,
-            vae,
+            unet: sessions.unet,
+            vae: sessions.vae,
+            folder,
             config: config.clone(),
-            negative_cache: HashMap::new(),
         })
     }
 
@@ -237,7 +303,7 @@ impl StableDiffusion {
     ) -> Result<Generated, EngineError> {
         self.validate(batch)?;
         let started = Instant::now();
-        let key = batch.key;
+        let key = &batch.key;
         let items = &batch.items;
         let b = items.len();
         let guided = items.iter().any(|i| i.guidance > 1.0);
@@ -250,7 +316,7 @@ impl StableDiffusion {
             Vec::new()
         };
         let prompts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
-        let embeddings = self.encode_text(&negatives, &prompts)?;
+        let embeddings = self.text.condition(&negatives, &prompts)?;
         let text_done = started.elapsed();
 
         // Latents and one scheduler per item.
@@ -287,8 +353,14 @@ impl StableDiffusion {
                         .copy_from_slice(&scaled);
                 }
             }
-            let noise_pred =
-                self.run_unet(&model_input, sample_shape.clone(), t, &embeddings, rows)?;
+            let noise_pred = self.run_unet(
+                &model_input,
+                sample_shape.clone(),
+                t,
+                &embeddings,
+                rows,
+                (key.width, key.height),
+            )?;
             for (i, item) in items.iter().enumerate() {
                 let eps: Vec<f32> = if guided {
                     let uncond = &noise_pred[i * per_item..(i + 1) * per_item];
@@ -327,73 +399,19 @@ impl StableDiffusion {
         })
     }
 
-    /// Per-token embeddings `[negatives…, prompts…]` (`[rows, 77, D]`, flattened) in one text-encoder call.
-    /// Negative prompts repeat (campaign templates, the empty one), so their rows are cached.
-    fn encode_text(
-        &mut self,
-        negatives: &[&str],
-        prompts: &[&str],
-    ) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
-        let mut missing: Vec<&str> = negatives
-            .iter()
-            .copied()
-            .filter(|n| !self.negative_cache.contains_key(*n))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        let texts: Vec<&str> = missing.iter().chain(prompts).copied().collect();
-        let mut ids: Vec<i64> = Vec::with_capacity(texts.len() * MAX_TOKENS);
-        for text in &texts {
-            ids.extend(self.tokenizer.encode(text)?);
-        }
-        let shape = vec![texts.len() as i64, MAX_TOKENS as i64];
-        let input = match self.io.input_ids.dtype {
-            TensorElementType::Int32 => {
-                Tensor::from_array((shape, ids.iter().map(|&v| v as i32).collect::<Vec<_>>()))?
-                    .into_dyn()
-            }
-            _ => Tensor::from_array((shape, ids))?.into_dyn(),
-        };
-        let outputs = self
-            .text_encoder
-            .run(vec![(self.io.input_ids.name.as_str(), input)])?;
-        let value = outputs.get(&self.io.hidden_states).ok_or_else(|| {
-            EngineError::Inference(format!(
-                "text encoder returned no {}",
-                self.io.hidden_states
-            ))
-        })?;
-        let (mut shape, encoded) = float_values(value)?;
-        let row = encoded.len() / texts.len().max(1);
-        if self.negative_cache.len() + missing.len() > NEGATIVE_CACHE {
-            self.negative_cache.clear();
-        }
-        for (text, rows) in missing.iter().zip(encoded.chunks_exact(row)) {
-            self.negative_cache.insert(text.to_string(), rows.to_vec());
-        }
-        let mut out = Vec::with_capacity((negatives.len() + prompts.len()) * row);
-        for negative in negatives {
-            let cached = self
-                .negative_cache
-                .get(*negative)
-                .ok_or_else(|| EngineError::Inference("negative prompt cache miss".into()))?;
-            out.extend_from_slice(cached);
-        }
-        out.extend_from_slice(&encoded[missing.len() * row..]);
-        shape[0] = (negatives.len() + prompts.len()) as i64;
-        Ok((shape, out))
-    }
-
+    /// One UNet call: `rows` samples at timestep `t`; SDXL also gets the pooled embeddings and the size
+    /// conditioning `[height, width, 0, 0, height, width]` (original size = target size, no crop).
     fn run_unet(
         &mut self,
         sample: &[f32],
         shape: Vec<i64>,
         t: f32,
-        embeddings: &(Vec<i64>, Vec<f32>),
+        embeddings: &Conditioning,
         rows: usize,
+        (width, height): (u32, u32),
     ) -> Result<Vec<f32>, EngineError> {
         let io = &self.io;
-        let inputs = vec![
+        let mut inputs = vec![
             (
                 io.sample.name.as_str(),
                 float_tensor(io.sample.dtype, shape, sample)?,
@@ -406,12 +424,29 @@ impl StableDiffusion {
                 io.encoder_hidden_states.name.as_str(),
                 float_tensor(
                     io.encoder_hidden_states.dtype,
-                    embeddings.0.clone(),
-                    &embeddings.1,
+                    embeddings.tokens.0.clone(),
+                    &embeddings.tokens.1,
                 )?,
             ),
         ];
-        let outputs = self.unet.run(inputs)?;
+        if let (Some(text_embeds), Some(time_ids)) = (&io.text_embeds, &io.time_ids) {
+            inputs.push((
+                text_embeds.name.as_str(),
+                float_tensor(
+                    text_embeds.dtype,
+                    embeddings.pooled.0.clone(),
+                    &embeddings.pooled.1,
+                )?,
+            ));
+            let (h, w) = (height as f32, width as f32);
+            let ids: Vec<f32> = (0..rows).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
+            inputs.push((
+                time_ids.name.as_str(),
+                float_tensor(time_ids.dtype, vec![rows as i64, 6], &ids)?,
+            ));
+        }
+        let mut unet = lock(&self.unet)?;
+        let outputs = unet.run(inputs)?;
         let value = outputs
             .get(&io.noise_pred)
             .ok_or_else(|| EngineError::Inference(format!("unet returned no {}", io.noise_pred)))?;
@@ -453,9 +488,8 @@ impl StableDiffusion {
                 w as i64,
             ];
             let input = float_tensor(self.io.latent_sample.dtype, shape, &scaled)?;
-            let outputs = self
-                .vae
-                .run(vec![(self.io.latent_sample.name.as_str(), input)])?;
+            let mut vae = lock(&self.vae)?;
+            let outputs = vae.run(vec![(self.io.latent_sample.name.as_str(), input)])?;
             let value = outputs.get(&self.io.image).ok_or_else(|| {
                 EngineError::Inference(format!("vae decoder returned no {}", self.io.image))
             })?;

@@ -3,11 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::lora::merge::{MERGED_FILE, MergePlan};
+use super::onnx::OnnxModel;
+use super::{EngineConfig, EngineError};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-
-use super::{EngineConfig, EngineError};
 
 /// The ONNX Runtime version huabi is built against (ort 2.0.0-rc.15, API 31).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -140,6 +141,18 @@ pub fn open_session(
     path: &Path,
     device: Device,
 ) -> Result<Session, EngineError> {
+    open_merged_session(env, path, device, None)
+}
+
+/// Opens one model file as a session, with LoRA-merged weights when a plan is given: the session is created from
+/// the edited graph, which reads the merged weights from [`MERGED_FILE`] (handed over in memory) and every other
+/// external data file from the model's folder.
+pub fn open_merged_session(
+    env: &Environment,
+    path: &Path,
+    device: Device,
+    merged: Option<(&OnnxModel, &MergePlan)>,
+) -> Result<Session, EngineError> {
     let fail = |e: ort::Error| EngineError::Model {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -168,5 +181,23 @@ pub fn open_session(
             ));
         }
     }
-    builder.commit_from_file(path).map_err(fail)
+    let Some((model, plan)) = merged.filter(|(_, plan)| !plan.edit.is_empty()) else {
+        return builder.commit_from_file(path).map_err(fail);
+    };
+    let weights: std::sync::Arc<[u8]> = plan.data.as_slice().into();
+    builder = builder
+        .with_external_initializer_file_in_memory(MERGED_FILE, weights)
+        .map_err(|e| fail(e.into()))?;
+    let bytes = model.edited(&plan.edit).map_err(|e| EngineError::Model {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    builder = builder
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            folder.to_string_lossy(),
+        )
+        .map_err(|e| fail(e.into()))?;
+    builder.commit_from_memory(&bytes).map_err(fail)
 }

@@ -1,8 +1,8 @@
 //! The worker: lease a batch of compatible jobs, keep the leases alive while the engine paints, store each
 //! labelled JPEG, and give failed jobs back. Woken at once in-process, with a poll tick as the safety net.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::JobSettings;
 use crate::engine::label::AigcRecord;
 use crate::engine::{Batch, BatchKey, EngineError, EngineHandle, Item, SchedulerKind};
-use crate::store::{JobFate, LeasedJob, Store, StoreError};
+use crate::store::{Capabilities, JobFate, LeasedJob, Store, StoreError};
+
+/// How often a worker tells the store what it paints (the store counts a worker live for 30 s).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// What one [`Worker::run_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,7 @@ pub struct Worker {
     max_batch: i64,
     provider: String,
     finished: broadcast::Sender<i64>,
+    announced: Mutex<Option<Instant>>,
 }
 
 fn batch_of(jobs: &[LeasedJob]) -> Result<Batch, String> {
@@ -43,6 +47,9 @@ fn batch_of(jobs: &[LeasedJob]) -> Result<Batch, String> {
     let size = |v: i32| u32::try_from(v).map_err(|_| format!("invalid size {v}"));
     Ok(Batch {
         key: BatchKey {
+            model: first.model.clone(),
+            loras: serde_json::from_str(&first.loras)
+                .map_err(|e| format!("job {}: LoRAs {:?}: {e}", first.id, first.loras))?,
             width: size(first.width)?,
             height: size(first.height)?,
             steps: usize::try_from(first.steps)
@@ -81,7 +88,34 @@ impl Worker {
             max_batch: max_batch.max(1) as i64,
             provider,
             finished,
+            announced: Mutex::new(None),
         }
+    }
+
+    /// What this worker paints: the models of its catalogue it is allowed, and the LoRA files it has (read from
+    /// disk each time, so a model or LoRA copied in is painted without a restart).
+    pub fn capabilities(&self) -> Capabilities {
+        let catalog = self.engine.catalog();
+        Capabilities {
+            models: catalog.paintable(),
+            loras: catalog.lora_names(),
+        }
+    }
+
+    /// Tells the store what this worker paints, at most every [`ANNOUNCE_EVERY`].
+    async fn announce(&self, can: &Capabilities) -> Result<(), StoreError> {
+        let due = self
+            .announced
+            .lock()
+            .map(|last| last.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY))
+            .unwrap_or(true);
+        if due {
+            self.store.worker_seen(&self.id, can).await?;
+            if let Ok(mut last) = self.announced.lock() {
+                *last = Some(Instant::now());
+            }
+        }
+        Ok(())
     }
 
     /// Tells this process (directly) and every other node (through the store) that jobs are done or failed for
@@ -110,10 +144,13 @@ impl Worker {
             tracing::warn!(jobs = ?exhausted, "jobs failed after their last lease expired");
             self.announce_finished(&exhausted).await;
         }
+        let can = self.capabilities();
+        self.announce(&can).await?;
         let jobs = self
             .store
             .lease_jobs(
                 &self.id,
+                &can,
                 self.max_batch,
                 self.jobs.lease_secs,
                 self.jobs.max_attempts,
@@ -241,6 +278,9 @@ impl Worker {
                 tracing::warn!(error = %e, "could not release leases; they expire on their own")
             }
         }
+        if let Err(e) = self.store.worker_gone(&self.id).await {
+            tracing::warn!(error = %e, "could not remove this worker from the workers table; it ages out in 30 s");
+        }
     }
 }
 
@@ -260,6 +300,8 @@ mod tests {
             guidance: 7.5,
             seed: id * 10,
             attempts: 1,
+            model: "tiny-sd".into(),
+            loras: r#"[{"name":"b","scale":0.5}]"#.into(),
         }
     }
 
@@ -269,6 +311,11 @@ mod tests {
         assert_eq!(
             batch.key,
             BatchKey {
+                model: "tiny-sd".into(),
+                loras: vec![crate::model::LoraChoice {
+                    name: "b".into(),
+                    scale: 0.5
+                }],
                 width: 64,
                 height: 64,
                 steps: 2,

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 use crate::limits::{self, Limits, Listing, Refused, Usage};
+use crate::model::LoraChoice;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -233,6 +234,10 @@ pub struct NewJob {
     pub guidance: f32,
     /// The campaign it belongs to (`None` for a free prompt).
     pub campaign: Option<String>,
+    /// The model to paint with (`""` = the painting worker's default).
+    pub model: String,
+    /// The LoRAs merged into it.
+    pub loras: Vec<LoraChoice>,
     /// A seed the follower chose; `None` lets the first lease pick one.
     pub seed: Option<i64>,
     /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
@@ -252,6 +257,8 @@ impl NewJob {
             scheduler: settings.scheduler.clone(),
             guidance: settings.guidance,
             campaign: None,
+            model: String::new(),
+            loras: Vec::new(),
             seed: None,
             deliver_after_secs: 0.0,
         }
@@ -324,6 +331,46 @@ pub struct LeasedJob {
     pub seed: i64,
     /// Leases taken so far, this one included.
     pub attempts: i32,
+    /// The model (`""` = this worker's default).
+    pub model: String,
+    /// The LoRA set, canonical JSON (`[{"name":…,"scale":…}]`).
+    pub loras: String,
+}
+
+/// What one worker can paint, as it last said.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Model names (`""` for the default model when the worker paints it).
+    pub models: Vec<String>,
+    /// LoRA names.
+    pub loras: Vec<String>,
+}
+
+impl Capabilities {
+    /// `models` as the JSON array stored in `workers.models` and bound to lease queries.
+    pub fn models_json(&self) -> String {
+        serde_json::to_string(&self.models).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// `loras` as a JSON array.
+    pub fn loras_json(&self) -> String {
+        serde_json::to_string(&self.loras).unwrap_or_else(|_| "[]".into())
+    }
+}
+
+/// Queued jobs that share a model and LoRA set, and whether any live worker paints them.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct ModelQueue {
+    /// The model (`""` = the default).
+    pub model: String,
+    /// The LoRA set (canonical JSON).
+    pub loras: String,
+    /// Jobs queued.
+    pub queued: i64,
+    /// Minutes the oldest has waited.
+    pub oldest_minutes: f64,
+    /// Live workers that paint this model with these LoRAs.
+    pub workers: i64,
 }
 
 /// What happened to a job a worker gave up on.
@@ -503,7 +550,7 @@ pub struct UsageRow {
 }
 
 /// Where a follower's paintings stand in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct QueueStatus {
     /// The follower's jobs queued or painting.
     pub open: i64,
@@ -511,6 +558,8 @@ pub struct QueueStatus {
     pub ahead: i64,
     /// Jobs finished (anyone's) in the last ten minutes: the recent throughput.
     pub finished_recently: i64,
+    /// The model of the follower's oldest open job when no live worker paints it (with its LoRAs), else `None`.
+    pub waiting_for_model: Option<String>,
 }
 
 /// The timeline of one job, for benchmarks and operators.
@@ -593,15 +642,23 @@ pub trait Store: Send + Sync + 'static {
     async fn campaign_revisions(&self, name: &str) -> Result<Vec<CampaignRevision>, StoreError>;
     /// The timelines of the jobs of followers whose id starts with `user_prefix`.
     async fn job_timings(&self, user_prefix: &str) -> Result<Vec<JobTiming>, StoreError>;
-    /// Leases up to `max` jobs sharing the oldest eligible job's painting parameters (queued ones, or running ones
-    /// whose lease expired, with attempts left), oldest first, for `lease_secs`.
+    /// Leases up to `max` jobs sharing the oldest eligible job's painting parameters (model, LoRA set, size,
+    /// steps, scheduler) among those `can` paint (queued ones, or running ones whose lease expired, with attempts
+    /// left), oldest first, for `lease_secs`.
     async fn lease_jobs(
         &self,
         worker: &str,
+        can: &Capabilities,
         max: i64,
         lease_secs: f64,
         max_attempts: i32,
     ) -> Result<Vec<LeasedJob>, StoreError>;
+    /// Records what `worker` paints, now (workers call it every few seconds).
+    async fn worker_seen(&self, worker: &str, can: &Capabilities) -> Result<(), StoreError>;
+    /// Forgets a worker that stops.
+    async fn worker_gone(&self, worker: &str) -> Result<(), StoreError>;
+    /// Queued jobs per model and LoRA set, with how many live workers paint each.
+    async fn queue_by_model(&self) -> Result<Vec<ModelQueue>, StoreError>;
     /// Extends every lease `worker` holds; returns how many.
     async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError>;
     /// Stores the finished picture and marks the job `done`, if `worker` still holds it; returns whether it did.
@@ -777,13 +834,26 @@ fn account_state(row: Option<(Option<String>, Option<i64>, bool)>) -> AccountSta
 }
 
 /// A stored request's parameters as a fresh [`NewJob`] (new seed, no fast-path window).
-type RequestRow = (String, String, i32, i32, i32, String, f32, Option<String>);
+type RequestRow = (
+    String,
+    String,
+    i32,
+    i32,
+    i32,
+    String,
+    f32,
+    Option<String>,
+    String,
+    String,
+);
 
 fn new_job(
-    (prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign): RequestRow,
+    (prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign, model, loras): RequestRow,
 ) -> NewJob {
     let positive = |v: i32| u32::try_from(v).unwrap_or(0);
     NewJob {
+        model,
+        loras: serde_json::from_str(&loras).unwrap_or_default(),
         prompt,
         negative_prompt,
         width: positive(width),
@@ -799,7 +869,7 @@ fn new_job(
 
 /// The follower's most recent request (both DBs).
 const LAST_REQUEST: &str = "
-SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign FROM jobs
+SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign, model, loras FROM jobs
 WHERE channel = $1 AND account = $2 AND user_id = $3 ORDER BY id DESC LIMIT 1";
 
 /// Inserts a campaign unless it exists (`$1` name, `$2` definition; both DBs).

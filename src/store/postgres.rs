@@ -8,16 +8,17 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
-    Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate,
-    JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LimitCheck, LockedUsage, NewJob,
-    QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
-    Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state,
-    campaign_changes, decode_reply, encode_reply, fate, limits, new_job, refused_submission,
-    source_msg_id, waiting,
+    Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN,
+    INSERT_REVISION, JobFate, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LimitCheck,
+    LockedUsage, ModelQueue, NewJob, QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH,
+    REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store, StoreError, StoredCampaign, Submission,
+    UsageRow, Waiting, account_state, campaign_changes, decode_reply, encode_reply, fate, limits,
+    new_job, refused_submission, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 use crate::limits::{Limits, Refused, Usage};
+use crate::model::loras_json;
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
 /// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.
@@ -30,37 +31,41 @@ WITH inbound AS (
     RETURNING id
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign)
-    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18
+                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign,
+                      model, loras)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18,
+           $22, $23
     FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
 )
 SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
 
-/// [`SUBMIT`] with the per-follower limits decided inside it (`$22` day, `$23` minute, `$24`-`$26` per day, per
-/// minute and in flight, 0 = unlimited; `$27` the refusal's reply, provisionally).
+/// [`SUBMIT`] with the per-follower limits decided inside it (`$24` day, `$25` minute, `$26`-`$28` per day, per
+/// minute and in flight, 0 = unlimited; `$29` the refusal's reply, provisionally).
 const SUBMIT_LIMITED: &str = "
 WITH inbound AS (
     INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply,
                                   decision, campaign, decision_detail, refusal_reply)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $19, $20, $21, $27)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $19, $20, $21, $29)
     ON CONFLICT (channel, account, dedup_key) DO NOTHING
     RETURNING id
 ), quota AS (
     INSERT INTO follower_usage AS u (channel, account, user_id, day, day_count, minute, minute_count, in_flight)
-    SELECT $1, $2, $4, $22, 1, $23, 1, 1 FROM inbound
+    SELECT $1, $2, $4, $24, 1, $25, 1, 1 FROM inbound
     ON CONFLICT (channel, account, user_id) DO UPDATE SET
         day_count = CASE WHEN u.day = excluded.day THEN u.day_count + 1 ELSE 1 END, day = excluded.day,
         minute_count = CASE WHEN u.minute = excluded.minute THEN u.minute_count + 1 ELSE 1 END,
         minute = excluded.minute, in_flight = u.in_flight + 1
-    WHERE ($24 = 0 OR u.day <> excluded.day OR u.day_count < $24)
-      AND ($25 = 0 OR u.minute <> excluded.minute OR u.minute_count < $25)
-      AND ($26 = 0 OR u.in_flight < $26)
+    WHERE ($26 = 0 OR u.day <> excluded.day OR u.day_count < $26)
+      AND ($27 = 0 OR u.minute <> excluded.minute OR u.minute_count < $27)
+      AND ($28 = 0 OR u.in_flight < $28)
     RETURNING 1
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign)
-    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18
+                      negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign,
+                      model, loras)
+    SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18,
+           $22, $23
     FROM inbound, quota
     RETURNING id
 )
@@ -70,13 +75,17 @@ SELECT (SELECT id FROM inbound), (SELECT id FROM job)";
 /// are locking right now.
 const LEASE: &str = "
 WITH head AS (
-    SELECT width, height, steps, scheduler FROM jobs
+    SELECT model, loras, width, height, steps, scheduler FROM jobs
     WHERE (status = 'queued' OR (status = 'running' AND leased_until < now())) AND attempts < $4
+      AND model IN (SELECT jsonb_array_elements_text($5::jsonb))
+      AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(jobs.loras::jsonb) l
+                      WHERE l->>'name' NOT IN (SELECT jsonb_array_elements_text($6::jsonb)))
     ORDER BY created_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT j.id FROM jobs j, head
     WHERE (j.status = 'queued' OR (j.status = 'running' AND j.leased_until < now())) AND j.attempts < $4
+      AND j.model = head.model AND j.loras = head.loras
       AND j.width = head.width AND j.height = head.height AND j.steps = head.steps AND j.scheduler = head.scheduler
     ORDER BY j.created_at, j.id LIMIT $2
     FOR UPDATE OF j SKIP LOCKED
@@ -85,7 +94,12 @@ UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_
     attempts = attempts + 1, started_at = coalesce(started_at, now()), error = NULL,
     seed = coalesce(seed, floor(random() * 4503599627370496)::bigint)
 FROM picked WHERE jobs.id = picked.id
-RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts";
+RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
+    jobs.model, jobs.loras";
+
+/// Whether live worker `w` paints job `j`'s model with all its LoRAs.
+const PAINTS: &str = "w.seen_at > now() - interval '30 seconds' AND w.models::jsonb ? j.model
+    AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(j.loras::jsonb) l WHERE NOT (w.loras::jsonb ? (l->>'name')))";
 
 /// The LISTEN/NOTIFY channel that announces new jobs.
 const JOBS_CHANNEL: &str = "huabi_jobs";
@@ -123,7 +137,7 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-/// Binds a submission to [`SUBMIT`]'s parameters.
+/// Binds a submission to [`SUBMIT`]'s parameters (`$1`-`$23`).
 fn bind_submission<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     s: &'q Submission<'_>,
@@ -152,6 +166,8 @@ fn bind_submission<'q, O>(
         .bind(s.decision())
         .bind(s.campaign())
         .bind(s.detail())
+        .bind(job.map_or("", |j| j.model.as_str()))
+        .bind(job.map_or_else(|| "[]".to_string(), |j| loras_json(&j.loras)))
 }
 
 impl PgStore {
@@ -404,15 +420,19 @@ impl Store for PgStore {
         account: &str,
         user_id: &str,
     ) -> Result<QueueStatus, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             "WITH mine AS (
                  SELECT min(id) AS first, count(*) AS open FROM jobs
                  WHERE channel = $1 AND account = $2 AND user_id = $3 AND status IN ('queued', 'running'))
              SELECT mine.open AS open,
                  (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') AND id < mine.first) AS ahead,
-                 (SELECT count(*) FROM jobs WHERE finished_at > now() - interval '10 minutes') AS finished_recently
+                 (SELECT count(*) FROM jobs WHERE finished_at > now() - interval '10 minutes') AS finished_recently,
+                 (SELECT j.model FROM jobs j
+                  WHERE j.channel = $1 AND j.account = $2 AND j.user_id = $3 AND j.status = 'queued'
+                    AND NOT EXISTS (SELECT 1 FROM workers w WHERE {PAINTS})
+                  ORDER BY j.id LIMIT 1) AS waiting_for_model
              FROM mine",
-        )
+        ))
         .bind(channel)
         .bind(account)
         .bind(user_id)
@@ -536,6 +556,7 @@ impl Store for PgStore {
     async fn lease_jobs(
         &self,
         worker: &str,
+        can: &Capabilities,
         max: i64,
         lease_secs: f64,
         max_attempts: i32,
@@ -545,10 +566,44 @@ impl Store for PgStore {
             .bind(max)
             .bind(lease_secs)
             .bind(max_attempts)
+            .bind(can.models_json())
+            .bind(can.loras_json())
             .fetch_all(&self.pool)
             .await?;
         jobs.sort_by_key(|j| j.id);
         Ok(jobs)
+    }
+
+    async fn worker_seen(&self, worker: &str, can: &Capabilities) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (id, models, loras, seen_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (id) DO UPDATE SET models = excluded.models, loras = excluded.loras, seen_at = now()",
+        )
+        .bind(worker)
+        .bind(can.models_json())
+        .bind(can.loras_json())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_gone(&self, worker: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_by_model(&self) -> Result<Vec<ModelQueue>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT j.model, j.loras, count(*) AS queued,
+                 (EXTRACT(EPOCH FROM now() - min(j.created_at)) / 60.0)::float8 AS oldest_minutes,
+                 (SELECT count(*) FROM workers w WHERE {PAINTS}) AS workers
+             FROM jobs j WHERE j.status = 'queued' GROUP BY j.model, j.loras ORDER BY queued DESC, j.model"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError> {

@@ -13,14 +13,16 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
-    Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate,
-    JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage, NewJob, QueueStatus,
-    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store,
-    StoreError, StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes,
-    decode_reply, encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
+    Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN,
+    INSERT_REVISION, JobFate, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage,
+    ModelQueue, NewJob, QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY,
+    RequestRow, SAVE_TOKEN, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
+    account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
+    refused_submission, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
+use crate::model::loras_json;
 
 /// The current time in the format every SQLite timestamp column uses (so text comparison orders them).
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -63,6 +65,12 @@ fn numbered(sql: &str) -> String {
 const ELIGIBLE: &str = "(status = 'queued' OR (status = 'running' AND leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))) AND attempts < ?4";
 /// [`ELIGIBLE`] for the alias `j`.
 const ELIGIBLE_J: &str = "(j.status = 'queued' OR (j.status = 'running' AND j.leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))) AND j.attempts < ?4";
+
+/// Whether live worker `w` (seen in the last 30 s) paints job `j`'s model with all its LoRAs.
+const PAINTS: &str = "w.seen_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 seconds')
+    AND EXISTS (SELECT 1 FROM json_each(w.models) m WHERE m.value = j.model)
+    AND NOT EXISTS (SELECT 1 FROM json_each(j.loras) l
+                    WHERE json_extract(l.value, '$.name') NOT IN (SELECT value FROM json_each(w.loras)))";
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -194,8 +202,9 @@ impl Store for SqliteStore {
             Some(job) => {
                 let (id,): (i64,) = sqlx::query_as(
                     &format!("INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
-                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14, ?15) RETURNING id", now_plus(13)),
+                                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign,
+                                       model, loras)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14, ?15, ?16, ?17) RETURNING id", now_plus(13)),
                 )
                 .bind(m.channel)
                 .bind(&m.account)
@@ -212,6 +221,8 @@ impl Store for SqliteStore {
                 .bind(job.deliver_after_secs)
                 .bind(job.seed)
                 .bind(&job.campaign)
+                .bind(&job.model)
+                .bind(loras_json(&job.loras))
                 .fetch_one(&mut *tx)
                 .await?;
                 Some(id)
@@ -279,15 +290,19 @@ impl Store for SqliteStore {
         account: &str,
         user_id: &str,
     ) -> Result<QueueStatus, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             "WITH mine AS (
                  SELECT min(id) AS first, count(*) AS open FROM jobs
                  WHERE channel = ?1 AND account = ?2 AND user_id = ?3 AND status IN ('queued', 'running'))
              SELECT mine.open AS open,
                  (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') AND id < mine.first) AS ahead,
-                 (SELECT count(*) FROM jobs WHERE finished_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes')) AS finished_recently
+                 (SELECT count(*) FROM jobs WHERE finished_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes')) AS finished_recently,
+                 (SELECT j.model FROM jobs j
+                  WHERE j.channel = ?1 AND j.account = ?2 AND j.user_id = ?3 AND j.status = 'queued'
+                    AND NOT EXISTS (SELECT 1 FROM workers w WHERE {PAINTS})
+                  ORDER BY j.id LIMIT 1) AS waiting_for_model
              FROM mine",
-        )
+        ))
         .bind(channel)
         .bind(account)
         .bind(user_id)
@@ -411,6 +426,7 @@ impl Store for SqliteStore {
     async fn lease_jobs(
         &self,
         worker: &str,
+        can: &Capabilities,
         max: i64,
         lease_secs: f64,
         max_attempts: i32,
@@ -422,22 +438,61 @@ impl Store for SqliteStore {
                  seed = coalesce(seed, abs(random()) % 4503599627370496)
              WHERE id IN (
                  SELECT j.id FROM jobs j,
-                     (SELECT width, height, steps, scheduler FROM jobs WHERE {ELIGIBLE}
+                     (SELECT model, loras, width, height, steps, scheduler FROM jobs WHERE {ELIGIBLE}
+                        AND model IN (SELECT value FROM json_each(?5))
+                        AND NOT EXISTS (SELECT 1 FROM json_each(jobs.loras) l
+                                        WHERE json_extract(l.value, '$.name') NOT IN (SELECT value FROM json_each(?6)))
                       ORDER BY created_at, id LIMIT 1) head
                  WHERE {ELIGIBLE_J}
+                   AND j.model = head.model AND j.loras = head.loras
                    AND j.width = head.width AND j.height = head.height AND j.steps = head.steps
                    AND j.scheduler = head.scheduler
                  ORDER BY j.created_at, j.id LIMIT ?2)
-             RETURNING id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts"
+             RETURNING id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
+                 model, loras"
         ))
         .bind(worker)
         .bind(max)
         .bind(lease_secs)
         .bind(max_attempts)
+        .bind(can.models_json())
+        .bind(can.loras_json())
         .fetch_all(&self.writer)
         .await?;
         jobs.sort_by_key(|j| j.id);
         Ok(jobs)
+    }
+
+    async fn worker_seen(&self, worker: &str, can: &Capabilities) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO workers (id, models, loras, seen_at) VALUES (?1, ?2, ?3, {NOW})
+             ON CONFLICT (id) DO UPDATE SET models = excluded.models, loras = excluded.loras, seen_at = excluded.seen_at"
+        ))
+        .bind(worker)
+        .bind(can.models_json())
+        .bind(can.loras_json())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_gone(&self, worker: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = ?1")
+            .bind(worker)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_by_model(&self) -> Result<Vec<ModelQueue>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT j.model AS model, j.loras AS loras, count(*) AS queued,
+                 (julianday('now') - julianday(min(j.created_at))) * 1440.0 AS oldest_minutes,
+                 (SELECT count(*) FROM workers w WHERE {PAINTS}) AS workers
+             FROM jobs j WHERE j.status = 'queued' GROUP BY j.model, j.loras ORDER BY queued DESC, j.model"
+        ))
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError> {

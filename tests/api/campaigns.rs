@@ -120,7 +120,11 @@ async fn campaign_requests_inside_and_outside_their_window(backend: Backend) {
         1,
         "only the running campaign paints"
     );
-    let job = &app.store.lease_jobs("t", 1, 30.0, 3).await.expect("lease")[0];
+    let job = &app
+        .store
+        .lease_jobs("t", &crate::helpers::paints_default(), 1, 30.0, 3)
+        .await
+        .expect("lease")[0];
     assert!(
         job.prompt.starts_with("a festive Mid-Autumn Festival painting of Chang'e the moon goddess in flowing silk robes holding the white jade rabbit"),
         "{}",

@@ -54,7 +54,10 @@ async fn finished_job(s: &dyn Store, user: &str, n: u32, ok: bool, deliver_after
     let store::Admission::Accepted { job_id: Some(id) } = admission else {
         panic!("{admission:?}")
     };
-    let leased = s.lease_jobs("painter", 1, 30.0, 3).await.expect("lease");
+    let leased = s
+        .lease_jobs("painter", &crate::helpers::paints_default(), 1, 30.0, 3)
+        .await
+        .expect("lease");
     assert_eq!(leased[0].id, id);
     if ok {
         assert!(

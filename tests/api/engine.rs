@@ -15,7 +15,11 @@ fn root() -> PathBuf {
 
 pub fn config(model_dir: &Path) -> EngineConfig {
     EngineConfig {
+        models_dir: root().join("models"),
+        model: "tiny-sd".into(),
         model_dir: model_dir.to_path_buf(),
+        models: Vec::new(),
+        memory_budget_mb: 0,
         device: "cpu".into(),
         threads: 2,
         ort_dylib_path: std::env::var("ORT_DYLIB_PATH").unwrap_or_default(),
@@ -47,6 +51,8 @@ fn item(prompt: &str, seed: u64) -> Item {
 
 fn key(scheduler: SchedulerKind, steps: usize) -> BatchKey {
     BatchKey {
+        model: "tiny-sd".into(),
+        loras: Vec::new(),
         width: 64,
         height: 64,
         steps,
@@ -111,23 +117,23 @@ fn seeds_are_deterministic_and_independent_of_batch_neighbours() {
     };
     let k = key(SchedulerKind::EulerA, 4);
     let alone = generate(&Batch {
-        key: k,
+        key: k.clone(),
         items: vec![a.clone()],
     })
     .expect("a");
     let again = generate(&Batch {
-        key: k,
+        key: k.clone(),
         items: vec![a.clone()],
     })
     .expect("a again");
     assert_eq!(alone, again, "same seed, same pixels");
     let trio = generate(&Batch {
-        key: k,
+        key: k.clone(),
         items: vec![b.clone(), a.clone(), c.clone()],
     })
     .expect("trio");
     let pair = generate(&Batch {
-        key: k,
+        key: k.clone(),
         items: vec![c.clone(), b.clone()],
     })
     .expect("pair");
@@ -149,7 +155,7 @@ fn seeds_are_deterministic_and_independent_of_batch_neighbours() {
         "different seeds and prompts give different pictures"
     );
     let other_seed = generate(&Batch {
-        key: k,
+        key: k.clone(),
         items: vec![item("a lantern by the river", 99)],
     })
     .expect("seed 99");
@@ -177,63 +183,75 @@ fn hostile_requests_are_clear_errors() {
     let cases: Vec<(Batch, &str)> = vec![
         (
             Batch {
-                key: k,
+                key: k.clone(),
                 items: vec![item(&"月".repeat(5000), 1)],
             },
             "characters",
         ),
         (
             Batch {
-                key: k,
+                key: k.clone(),
                 items: vec![item("   ", 1)],
             },
             "prompt is empty",
         ),
         (
             Batch {
-                key: BatchKey { width: 68, ..k },
+                key: BatchKey {
+                    width: 68,
+                    ..k.clone()
+                },
                 items: vec![item("x", 1)],
             },
             "multiple of 8",
         ),
         (
             Batch {
-                key: BatchKey { height: 0, ..k },
+                key: BatchKey {
+                    height: 0,
+                    ..k.clone()
+                },
                 items: vec![item("x", 1)],
             },
             "multiple of 8",
         ),
         (
             Batch {
-                key: BatchKey { width: 512, ..k },
+                key: BatchKey {
+                    width: 512,
+                    ..k.clone()
+                },
                 items: vec![item("x", 1)],
             },
             "exceeds the maximum",
         ),
         (
             Batch {
-                key: k,
+                key: k.clone(),
                 items: vec![],
             },
             "no items",
         ),
         (
             Batch {
-                key: k,
+                key: k.clone(),
                 items: vec![item("x", 1); 5],
             },
             "max_batch",
         ),
         (
             Batch {
-                key: BatchKey { steps: 0, ..k },
+                key: BatchKey {
+                    steps: 0,
+                    ..k.clone()
+                },
                 items: vec![item("x", 1)],
             },
             "steps",
         ),
         (
             Batch {
-                key: k,
+                key: k.clone(),
                 items: vec![Item {
                     guidance: f32::NAN,
                     ..item("x", 1)
@@ -243,7 +261,7 @@ fn hostile_requests_are_clear_errors() {
         ),
         (
             Batch {
-                key: k,
+                key: k.clone(),
                 items: vec![Item {
                     init_latents: Some(vec![0.0; 7]),
                     ..item("x", 1)

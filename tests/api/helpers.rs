@@ -311,3 +311,11 @@ pub fn start_serve(
     }
     cmd.spawn().expect("start huabi serve")
 }
+
+/// What a test worker paints: the default model (by name and as `""`), no LoRAs.
+pub fn paints_default() -> huabi::store::Capabilities {
+    huabi::store::Capabilities {
+        models: vec![String::new(), "tiny-sd".into()],
+        loras: Vec::new(),
+    }
+}

@@ -119,7 +119,7 @@ async fn per_minute_in_flight_and_backpressure(backend: Backend) {
     // Finishing a job frees a slot.
     let leased = in_flight
         .store
-        .lease_jobs("w", 1, 30.0, 3)
+        .lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 3)
         .await
         .expect("lease");
     assert!(

@@ -21,6 +21,7 @@ mod helpers;
 mod hostile;
 mod interop;
 mod limits;
+mod lora;
 mod queue_contract;
 mod store_contract;
 mod two_nodes;

@@ -60,7 +60,10 @@ async fn lease_groups_by_parameters_oldest_first(backend: Backend) {
     let b1 = add_job(&*s, 2, 256).await;
     let a2 = add_job(&*s, 3, 512).await;
     let a3 = add_job(&*s, 4, 512).await;
-    let first = s.lease_jobs("w1", 10, 30.0, 3).await.expect("lease");
+    let first = s
+        .lease_jobs("w1", &crate::helpers::paints_default(), 10, 30.0, 3)
+        .await
+        .expect("lease");
     assert_eq!(
         first.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![a1, a2, a3]
@@ -71,10 +74,13 @@ async fn lease_groups_by_parameters_oldest_first(backend: Backend) {
         && j.steps == 20
         && j.scheduler == "euler"));
     assert!((first[0].guidance - 7.5).abs() < 1e-6);
-    let second = s.lease_jobs("w1", 10, 30.0, 3).await.expect("lease");
+    let second = s
+        .lease_jobs("w1", &crate::helpers::paints_default(), 10, 30.0, 3)
+        .await
+        .expect("lease");
     assert_eq!((second.len(), second[0].id, second[0].width), (1, b1, 256));
     assert!(
-        s.lease_jobs("w2", 10, 30.0, 3)
+        s.lease_jobs("w2", &crate::helpers::paints_default(), 10, 30.0, 3)
             .await
             .expect("lease")
             .is_empty()
@@ -98,7 +104,13 @@ async fn concurrent_workers_never_share_a_job(backend: Backend) {
             let mut mine = Vec::new();
             loop {
                 let got = s
-                    .lease_jobs(&format!("w{w}"), 4, 30.0, 3)
+                    .lease_jobs(
+                        &format!("w{w}"),
+                        &crate::helpers::paints_default(),
+                        4,
+                        30.0,
+                        3,
+                    )
                     .await
                     .expect("lease");
                 if got.is_empty() {
@@ -124,9 +136,12 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
     let db = TestDb::new(backend).await;
     let s = store_for(&db).await;
     let id = add_job(&*s, 1, 512).await;
-    let a = s.lease_jobs("worker-a", 1, 0.2, 3).await.expect("lease");
+    let a = s
+        .lease_jobs("worker-a", &crate::helpers::paints_default(), 1, 0.2, 3)
+        .await
+        .expect("lease");
     assert!(
-        s.lease_jobs("worker-b", 1, 30.0, 3)
+        s.lease_jobs("worker-b", &crate::helpers::paints_default(), 1, 30.0, 3)
             .await
             .expect("lease")
             .is_empty(),
@@ -134,7 +149,7 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
     );
     tokio::time::sleep(Duration::from_millis(450)).await;
     let b = s
-        .lease_jobs("worker-b", 1, 30.0, 3)
+        .lease_jobs("worker-b", &crate::helpers::paints_default(), 1, 30.0, 3)
         .await
         .expect("takeover");
     assert_eq!((b.len(), b[0].id, b[0].attempts), (1, id, 2));
@@ -174,11 +189,17 @@ async fn heartbeats_keep_leases(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store_for(&db).await;
     add_job(&*s, 1, 512).await;
-    assert_eq!(s.lease_jobs("w1", 1, 0.3, 3).await.expect("lease").len(), 1);
+    assert_eq!(
+        s.lease_jobs("w1", &crate::helpers::paints_default(), 1, 0.3, 3)
+            .await
+            .expect("lease")
+            .len(),
+        1
+    );
     assert_eq!(s.heartbeat("w1", 30.0).await.expect("heartbeat"), 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        s.lease_jobs("w2", 1, 30.0, 3)
+        s.lease_jobs("w2", &crate::helpers::paints_default(), 1, 30.0, 3)
             .await
             .expect("lease")
             .is_empty()
@@ -190,11 +211,17 @@ async fn attempts_are_bounded(backend: Backend) {
     let s = store_for(&db).await;
     let crashed = add_job(&*s, 1, 512).await;
     for _ in 0..2 {
-        assert_eq!(s.lease_jobs("w", 1, 0.1, 2).await.expect("lease").len(), 1);
+        assert_eq!(
+            s.lease_jobs("w", &crate::helpers::paints_default(), 1, 0.1, 2)
+                .await
+                .expect("lease")
+                .len(),
+            1
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
-        s.lease_jobs("w", 1, 0.1, 2)
+        s.lease_jobs("w", &crate::helpers::paints_default(), 1, 0.1, 2)
             .await
             .expect("lease")
             .is_empty(),
@@ -207,12 +234,16 @@ async fn attempts_are_bounded(backend: Backend) {
     );
 
     let erring = add_job(&*s, 2, 512).await;
-    s.lease_jobs("w", 1, 30.0, 2).await.expect("lease");
+    s.lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 2)
+        .await
+        .expect("lease");
     assert_eq!(
         s.fail_job(erring, "w", "boom", 2).await.expect("fail"),
         JobFate::Requeued
     );
-    s.lease_jobs("w", 1, 30.0, 2).await.expect("lease");
+    s.lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 2)
+        .await
+        .expect("lease");
     assert_eq!(
         s.fail_job(erring, "w", "boom", 2).await.expect("fail"),
         JobFate::Failed
@@ -227,9 +258,14 @@ async fn released_leases_do_not_count_as_attempts(backend: Backend) {
     let db = TestDb::new(backend).await;
     let s = store_for(&db).await;
     add_job(&*s, 1, 512).await;
-    s.lease_jobs("w1", 1, 30.0, 3).await.expect("lease");
+    s.lease_jobs("w1", &crate::helpers::paints_default(), 1, 30.0, 3)
+        .await
+        .expect("lease");
     assert_eq!(s.release_leases("w1").await.expect("release"), 1);
-    let again = s.lease_jobs("w2", 1, 30.0, 3).await.expect("lease");
+    let again = s
+        .lease_jobs("w2", &crate::helpers::paints_default(), 1, 30.0, 3)
+        .await
+        .expect("lease");
     assert_eq!(again[0].attempts, 1);
 }
 

@@ -308,7 +308,11 @@ async fn commands_and_options_reach_the_queue(backend: Backend) {
         2,
         "the painting and its 重画; nothing else"
     );
-    let leased = app.store.lease_jobs("t", 10, 30.0, 3).await.expect("lease");
+    let leased = app
+        .store
+        .lease_jobs("t", &crate::helpers::paints_default(), 10, 30.0, 3)
+        .await
+        .expect("lease");
     assert_eq!(leased.len(), 2);
     let (first, again) = (&leased[0], &leased[1]);
     assert_eq!((first.width, first.height, first.seed), (704, 384, 42));
