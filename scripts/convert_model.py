@@ -1,6 +1,7 @@
 """Converts an operator's Stable Diffusion model into the ONNX folder huabi paints with, through the ecosystem's own
 tools: diffusers reads the checkpoint, optimum exports it (torch's TorchScript exporter, which names every node after
-its module, so LoRAs can be merged later), onnxconverter-common makes fp16 weights on request.
+its module, so LoRAs can be merged later), ONNX Runtime's own float16 converter makes fp16 weights on request (it
+keeps node and weight names, so LoRAs still merge; no operator fusion, which would hide the layers).
 
   SRC   a single-file checkpoint (.safetensors, or .ckpt loaded with weights_only) or a diffusers folder
   NAME  the model's name: the result is MODELS/NAME
@@ -35,14 +36,14 @@ def load_single_file(src, sdxl, config):
 def to_fp16(folder):
     """Weights to float16, inputs and outputs kept float32 (huabi reads the element types from the sessions)."""
     import onnx
-    from onnxconverter_common import float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     for component in COMPONENTS:
         path = os.path.join(folder, component, "model.onnx")
         if not os.path.isfile(path):
             continue
         model = onnx.load(path, load_external_data=True)
-        model = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        model = convert_float_to_float16(model, keep_io_types=True)
         for f in os.listdir(os.path.dirname(path)):
             if f != "config.json":
                 os.remove(os.path.join(os.path.dirname(path), f))

@@ -243,6 +243,9 @@ async fn load_catalog(
     let dir = &settings.campaigns.seed_dir;
     if seed && dir.is_dir() {
         let campaigns = campaign::load_dir(dir).context("reading the campaign seed folder")?;
+        check_models(settings, campaigns.clone())
+            .await
+            .context("checking the seed campaigns' models and LoRAs")?;
         let imported = campaign::save_all(store, &campaigns, "seed", true)
             .await
             .context("importing seed campaigns")?;
@@ -255,6 +258,13 @@ async fn load_catalog(
     let campaigns = campaign::load_stored(store)
         .await
         .context("reading campaigns")?;
+    if seed {
+        for campaign in campaigns.all() {
+            if let Err(error) = check_models(settings, vec![campaign.clone()]).await {
+                tracing::error!(campaign = %campaign.name, error = %format!("{error:#}"), "a stored campaign's model or LoRAs do not fit; its requests will fail until it is fixed");
+            }
+        }
+    }
     let mut words = store.filter_words().await.context("reading filter_words")?;
     match filter::read_word_file(&settings.filter.words_file) {
         Ok(listed) => words.extend(listed),
@@ -265,6 +275,22 @@ async fn load_catalog(
     }
     let filter = ContentFilter::new(words).context("building the content filter")?;
     Ok(Catalog::new(settings, campaigns, filter))
+}
+
+/// Checks campaigns' models and LoRAs against this node's catalogue (a model it lacks is another node's business).
+async fn check_models(
+    settings: &Settings,
+    campaigns: Vec<campaign::Campaign>,
+) -> anyhow::Result<()> {
+    let models = crate::engine::ModelCatalog::new(&settings.engine);
+    tokio::task::spawn_blocking(move || {
+        campaigns
+            .iter()
+            .try_for_each(|c| c.check_models(&models, false))
+    })
+    .await
+    .context("model check task")??;
+    Ok(())
 }
 
 /// Re-reads the campaigns every `reload_secs` until `stop`.

@@ -50,6 +50,16 @@ pub enum Command {
     /// Campaigns in the database: import TOML definitions (each change kept as a revision), export, list.
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// The model catalogue: models (architecture, precision, sizes, whether they load), LoRAs (format, rank,
+    /// layers, the models they fit) and the campaigns that use each.
+    Models {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::models_report::ModelsFormat,
+        /// Only read the files; do not open each model's sessions to see that it loads.
+        #[arg(long)]
+        no_load: bool,
+    },
     /// Run a local stand-in for WeChat's API (point HUABI__WECHAT__API_BASE at it) to try huabi without an account.
     Standin(StandinOptions),
 }
@@ -64,6 +74,10 @@ pub enum CampaignCommand {
         /// Who makes the change (recorded in the revision).
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
+        /// Store campaigns whose model this machine's catalogue lacks (their LoRAs are then checked where they
+        /// are painted, not here).
+        #[arg(long)]
+        skip_model_check: bool,
     },
     /// Write every stored campaign as `<name>.toml` into a folder.
     Export {
@@ -117,8 +131,9 @@ pub fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
 /// `huabi bench …`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Time the engine on the configured model (HUABI__ENGINE__MODEL_DIR, HUABI__ENGINE__THREADS): median seconds
-    /// per batch, images/s and per-stage time for each batch size. `scripts/bench-engine` compares it with Python.
+    /// Time the engine on a model (default HUABI__ENGINE__MODEL; HUABI__ENGINE__THREADS): median seconds per
+    /// batch, images/s and per-stage time for each batch size; with `--lora`, the LoRA'd pipeline beside the plain
+    /// one, and what opening and merging took. `scripts/bench-engine` compares it with Python.
     Engine {
         /// What to measure.
         #[command(flatten)]
@@ -199,22 +214,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Engine { options, json }) => {
             let settings = load_settings()?;
-            let rows =
+            let steps = options.steps.max(1) as f64;
+            let (loads, rows) =
                 tokio::task::spawn_blocking(move || bench::run_engine(&settings.engine, &options))
                     .await
                     .context("bench task")??;
+            for load in loads {
+                if json {
+                    println!("{}", serde_json::to_string(&load)?);
+                } else {
+                    println!(
+                        "{}: sessions opened in {:.2} s, LoRAs merged in {:.2} s ({} layers), +{:.0} MiB resident",
+                        load.variant,
+                        load.load_secs,
+                        load.merge_secs,
+                        load.merged_layers,
+                        load.rss_added_mb
+                    );
+                }
+            }
             for row in rows {
                 if json {
                     println!("{}", serde_json::to_string(&row)?);
                 } else {
                     println!(
-                        "batch {}: {:.4} s/batch, {:.4} s/image, {:.2} images/s (text {:.4} s, denoise {:.4} s, decode {:.4} s)",
+                        "{} batch {}: {:.4} s/batch, {:.4} s/image, {:.2} images/s (text {:.4} s, denoise {:.4} s = {:.4} s/step, decode {:.4} s)",
+                        row.variant,
                         row.batch,
                         row.seconds,
                         row.seconds_per_image,
                         row.images_per_sec,
                         row.text,
                         row.denoise,
+                        row.denoise / steps,
                         row.decode
                     );
                 }
@@ -256,6 +288,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Standin(options) => standin(options).await,
+        Command::Models { format, no_load } => {
+            let settings = load_settings()?;
+            let campaigns = match store::connect(&settings.database).await {
+                Ok(store) => match store.migrate().await {
+                    Ok(()) => crate::campaign::load_stored(&*store)
+                        .await
+                        .map(|c| c.all().to_vec())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            let engine = settings.engine.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::models_report::report(&engine, campaigns, !no_load)
+            })
+            .await
+            .context("models task")?;
+            print!("{}", crate::models_report::render(&report, format));
+            Ok(())
+        }
         Command::Campaign(command) => campaign(command).await,
         Command::Usage { since, format } => {
             let settings = load_settings()?;
@@ -276,13 +329,26 @@ async fn campaign(command: CampaignCommand) -> anyhow::Result<()> {
     let store = store::connect(&settings.database).await?;
     store.migrate().await?;
     match command {
-        CampaignCommand::Import { path, by } => {
+        CampaignCommand::Import {
+            path,
+            by,
+            skip_model_check,
+        } => {
             let path = path.unwrap_or(settings.campaigns.seed_dir);
             let campaigns = if path.is_dir() {
                 campaign::load_dir(&path)?
             } else {
                 vec![campaign::load_file(&path)?]
             };
+            let models = crate::engine::ModelCatalog::new(&settings.engine);
+            let checked = campaigns.clone();
+            tokio::task::spawn_blocking(move || {
+                checked
+                    .iter()
+                    .try_for_each(|c| c.check_models(&models, !skip_model_check))
+            })
+            .await
+            .context("model check task")??;
             let changed = campaign::save_all(&*store, &campaigns, &by, false).await?;
             for c in &campaigns {
                 let state = if changed.contains(&c.name) {

@@ -244,7 +244,7 @@ pub struct ReplySettings {
     pub status_queued: String,
     /// 进度 with nothing queued.
     pub status_idle: String,
-    /// 进度 when the follower's painting needs a model no worker paints now; `{model}` is its name.
+    /// Added to 进度 when the follower's painting needs a model no worker paints now; `{model}` is its name.
     pub status_waiting_model: String,
     /// 重画 with no earlier request.
     pub again_nothing: String,

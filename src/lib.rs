@@ -29,6 +29,8 @@ pub mod http;
 pub mod limits;
 /// Domain types every layer shares.
 pub mod model;
+/// `huabi models`: the model catalogue for operators.
+pub mod models_report;
 /// The worker: leases batches of jobs and paints them.
 pub mod queue;
 /// A local stand-in for WeChat's API, for tests and trying huabi without an account.

@@ -237,11 +237,35 @@ pub struct EngineBenchOptions {
     /// Scheduler.
     #[arg(long, value_parser = crate::cli::parse_scheduler, default_value = "euler")]
     pub scheduler: crate::engine::SchedulerKind,
+    /// The model (default: HUABI__ENGINE__MODEL).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// LoRAs (NAME_OR_PATH[:SCALE], repeatable): the model with them merged is timed beside the plain model, the
+    /// two alternating run by run.
+    #[arg(long = "lora", value_parser = crate::generate::parse_lora)]
+    pub loras: Vec<crate::model::LoraChoice>,
+}
+
+/// What opening one pipeline took.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineLoadRow {
+    /// `plain` or `lora`.
+    pub variant: &'static str,
+    /// Seconds creating sessions.
+    pub load_secs: f64,
+    /// Seconds reading LoRAs and merging them into the weights.
+    pub merge_secs: f64,
+    /// Layers the LoRAs changed.
+    pub merged_layers: usize,
+    /// Resident memory the process gained, in MiB.
+    pub rss_added_mb: f64,
 }
 
 /// One batch size's figures (medians over the runs).
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineBenchRow {
+    /// `plain`, or `lora` for the model with the LoRAs merged.
+    pub variant: &'static str,
     /// Items per batch.
     pub batch: usize,
     /// Median seconds per batch.
@@ -263,55 +287,98 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-/// Loads the engine once and times whole batches (text, denoise and decode; no encoding).
+/// This process's resident memory in MiB (0 when `/proc` cannot be read).
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Opens the model (and, with LoRAs, the model with them merged) and times whole batches of each (text, denoise
+/// and decode; no encoding), the variants alternating run by run.
 pub fn run_engine(
     config: &crate::engine::EngineConfig,
     options: &EngineBenchOptions,
-) -> anyhow::Result<Vec<EngineBenchRow>> {
-    use crate::engine::{Batch, BatchKey, Item, StableDiffusion};
-    let mut engine = StableDiffusion::load(config)?;
-    let key = BatchKey {
-        model: config.default_model(),
-        loras: Vec::new(),
-        width: options.width,
-        height: options.height,
-        steps: options.steps,
-        scheduler: options.scheduler,
-    };
-    let mut rows = Vec::new();
-    for &b in &options.batches {
-        let batch = Batch {
-            key: key.clone(),
-            items: (0..b)
-                .map(|i| Item {
-                    prompt: "a photo of the moon, mid-autumn festival".into(),
-                    negative_prompt: String::new(),
-                    seed: i as u64,
-                    guidance: 7.5,
-                    init_latents: None,
-                })
-                .collect(),
-        };
-        engine.generate(&batch, &mut |_| {})?;
-        let (mut total, mut text, mut denoise, mut decode) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..options.runs.max(1) {
-            let t = engine.generate(&batch, &mut |_| {})?.timings;
-            total.push(t.total.as_secs_f64());
-            text.push(t.text.as_secs_f64());
-            denoise.push(t.denoise.as_secs_f64());
-            decode.push(t.decode.as_secs_f64());
-        }
-        let seconds = median(total);
-        rows.push(EngineBenchRow {
-            batch: b,
-            seconds,
-            seconds_per_image: seconds / b as f64,
-            images_per_sec: b as f64 / seconds,
-            text: median(text),
-            denoise: median(denoise),
-            decode: median(decode),
+) -> anyhow::Result<(Vec<EngineLoadRow>, Vec<EngineBenchRow>)> {
+    use crate::engine::{Batch, BatchKey, Engine, Item};
+    let mut engine = Engine::new(config)?;
+    let model = options
+        .model
+        .clone()
+        .unwrap_or_else(|| engine.catalog().default_model().to_string());
+    let mut variants = vec![("plain", Vec::new())];
+    if !options.loras.is_empty() {
+        variants.push(("lora", options.loras.clone()));
+    }
+    let mut loads = Vec::new();
+    for (variant, loras) in &variants {
+        let before = rss_mb();
+        let report = engine.open(&model, loras)?;
+        loads.push(EngineLoadRow {
+            variant,
+            load_secs: report.load_secs,
+            merge_secs: report.merge_secs,
+            merged_layers: report.merged_layers,
+            rss_added_mb: rss_mb() - before,
         });
     }
-    Ok(rows)
+    let mut rows = Vec::new();
+    for &b in &options.batches {
+        let batches: Vec<(&'static str, Batch)> = variants
+            .iter()
+            .map(|(variant, loras)| {
+                let batch = Batch {
+                    key: BatchKey {
+                        model: model.clone(),
+                        loras: loras.clone(),
+                        width: options.width,
+                        height: options.height,
+                        steps: options.steps,
+                        scheduler: options.scheduler,
+                    },
+                    items: (0..b)
+                        .map(|i| Item {
+                            prompt: "a photo of the moon, mid-autumn festival".into(),
+                            negative_prompt: String::new(),
+                            seed: i as u64,
+                            guidance: 7.5,
+                            init_latents: None,
+                        })
+                        .collect(),
+                };
+                (*variant, batch)
+            })
+            .collect();
+        let mut times: Vec<[Vec<f64>; 4]> = vec![Default::default(); batches.len()];
+        for (_, batch) in &batches {
+            engine.generate(batch, &mut |_| {})?;
+        }
+        for _ in 0..options.runs.max(1) {
+            for ((_, batch), t) in batches.iter().zip(&mut times) {
+                let timings = engine.generate(batch, &mut |_| {})?.timings;
+                t[0].push(timings.total.as_secs_f64());
+                t[1].push(timings.text.as_secs_f64());
+                t[2].push(timings.denoise.as_secs_f64());
+                t[3].push(timings.decode.as_secs_f64());
+            }
+        }
+        for ((variant, _), [total, text, denoise, decode]) in batches.iter().zip(times) {
+            let seconds = median(total);
+            rows.push(EngineBenchRow {
+                variant,
+                batch: b,
+                seconds,
+                seconds_per_image: seconds / b as f64,
+                images_per_sec: b as f64 / seconds,
+                text: median(text),
+                denoise: median(denoise),
+                decode: median(decode),
+            });
+        }
+    }
+    Ok((loads, rows))
 }

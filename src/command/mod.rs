@@ -375,9 +375,6 @@ pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
     if status.open == 0 {
         return text(&replies.status_idle);
     }
-    if let Some(model) = &status.waiting_for_model {
-        return text(&replies.status_waiting_model.replace("{model}", model));
-    }
     let eta = if status.finished_recently > 0 {
         let per_sec = status.finished_recently as f64 / 600.0;
         let secs = ((status.ahead + status.open) as f64 / per_sec).ceil() as u64;
@@ -389,13 +386,15 @@ pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
     } else {
         "片刻".to_string()
     };
-    text(
-        &replies
-            .status_queued
-            .replace("{open}", &status.open.to_string())
-            .replace("{ahead}", &status.ahead.to_string())
-            .replace("{eta}", &eta),
-    )
+    let mut reply = replies
+        .status_queued
+        .replace("{open}", &status.open.to_string())
+        .replace("{ahead}", &status.ahead.to_string())
+        .replace("{eta}", &eta);
+    if let Some(model) = &status.waiting_for_model {
+        reply.push_str(&replies.status_waiting_model.replace("{model}", model));
+    }
+    text(&reply)
 }
 
 #[cfg(test)]
@@ -685,6 +684,9 @@ mod tests {
         let Reply::Text { text: waiting } = status_reply(waiting, &r) else {
             panic!()
         };
-        assert!(waiting.contains("sdxl-anime"), "{waiting}");
+        assert!(
+            waiting.contains("sdxl-anime") && waiting.contains("前面还有 3 张"),
+            "{waiting}"
+        );
     }
 }

@@ -4,7 +4,6 @@
 mod catalog;
 mod conditioning;
 pub mod encode;
-mod engine;
 mod handle;
 pub mod label;
 pub mod lora;
@@ -13,6 +12,7 @@ pub mod noise;
 pub mod npy;
 pub mod onnx;
 mod pipeline;
+mod pipelines;
 mod runtime;
 pub mod scheduler;
 mod tokenizer;
@@ -23,10 +23,10 @@ use serde::Deserialize;
 
 pub use crate::model::LoraChoice;
 pub use catalog::{LoraInfo, ModelCatalog, ModelInfo};
-pub use engine::{Engine, LoadReport};
 pub use handle::{EngineHandle, LabelledJpeg};
 pub use model::{Architecture, ModelFolder, ModelIo};
 pub use pipeline::{Generated, Progress, Sessions, SharedSession, StableDiffusion, StageTimings};
+pub use pipelines::{Engine, LoadReport};
 pub use runtime::{Device, default_library_candidates};
 pub use scheduler::SchedulerKind;
 pub use tokenizer::{ClipTokenizer, normalize_prompt};

@@ -306,6 +306,14 @@ pub struct JobRow {
     pub status: String,
     /// When the job was admitted.
     pub created_at: OffsetDateTime,
+    /// Its campaign, if any.
+    pub campaign: Option<String>,
+    /// The model (`""` = the default).
+    pub model: String,
+    /// The LoRA set (canonical JSON).
+    pub loras: String,
+    /// Jobs painted in the same engine pass (once painted).
+    pub batch_size: Option<i32>,
 }
 
 /// A job leased to a worker, with everything needed to paint it.

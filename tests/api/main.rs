@@ -22,6 +22,7 @@ mod hostile;
 mod interop;
 mod limits;
 mod lora;
+mod models;
 mod queue_contract;
 mod store_contract;
 mod two_nodes;

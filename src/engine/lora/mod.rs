@@ -382,6 +382,8 @@ fn parse_key(key: &str) -> Result<ParsedKey, String> {
             LoraFormat::Diffusers,
             Role::Up,
         ),
+        ("_lora.down.weight", LoraFormat::Diffusers, Role::Down),
+        ("_lora.up.weight", LoraFormat::Diffusers, Role::Up),
         (".alpha", LoraFormat::Diffusers, Role::Alpha),
     ] {
         if let Some(module) = rest.strip_suffix(suffix) {
@@ -397,13 +399,14 @@ fn parse_key(key: &str) -> Result<ParsedKey, String> {
     Err(unsupported(rest.rsplit('.').next().unwrap_or(rest)))
 }
 
-/// diffusers' old attention-processor keys (`….attn1.processor.to_q_lora`) name the projection they change.
+/// diffusers' old attention-processor keys (`….attn1.processor.to_q_lora.down.weight`) name the projection they
+/// change.
 fn attention_processor_module(module: &str) -> String {
     for (processor, projection) in [
-        (".processor.to_q_lora", ".to_q"),
-        (".processor.to_k_lora", ".to_k"),
-        (".processor.to_v_lora", ".to_v"),
-        (".processor.to_out_lora", ".to_out.0"),
+        (".processor.to_q", ".to_q"),
+        (".processor.to_k", ".to_k"),
+        (".processor.to_v", ".to_v"),
+        (".processor.to_out", ".to_out.0"),
     ] {
         if let Some(attention) = module.strip_suffix(processor) {
             return format!("{attention}{projection}");
