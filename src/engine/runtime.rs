@@ -1,7 +1,7 @@
 //! Loading ONNX Runtime (ort's `load-dynamic`) once per process, and the device sessions run on.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::lora::merge::{MERGED_FILE, MergePlan};
 use super::onnx::OnnxModel;
@@ -145,8 +145,7 @@ pub fn open_session(
 }
 
 /// Opens one model file as a session, with LoRA-merged weights when a plan is given: the session is created from
-/// the edited graph, which reads the merged weights from [`MERGED_FILE`] (handed over in memory) and every other
-/// external data file from the model's folder.
+/// the edited graph, which reads the merged weights from [`MERGED_FILE`], handed over in memory.
 pub fn open_merged_session(
     env: &Environment,
     path: &Path,
@@ -184,20 +183,27 @@ pub fn open_merged_session(
     let Some((model, plan)) = merged.filter(|(_, plan)| !plan.edit.is_empty()) else {
         return builder.commit_from_file(path).map_err(fail);
     };
-    let weights: std::sync::Arc<[u8]> = plan.data.as_slice().into();
-    builder = builder
-        .with_external_initializer_file_in_memory(MERGED_FILE, weights)
-        .map_err(|e| fail(e.into()))?;
+    // Once some external data is handed over in memory, ONNX Runtime looks for all of it there: the model's own
+    // external data files are read and handed over too.
+    let mut files: Vec<(String, Arc<[u8]>)> =
+        vec![(MERGED_FILE.to_string(), plan.data.as_slice().into())];
+    for location in model.external_locations() {
+        let bytes = model
+            .read_external_file(&location)
+            .map_err(|e| EngineError::Model {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        files.push((location, bytes.into()));
+    }
+    for (name, bytes) in files {
+        builder = builder
+            .with_external_initializer_file_in_memory(name, bytes)
+            .map_err(|e| fail(e.into()))?;
+    }
     let bytes = model.edited(&plan.edit).map_err(|e| EngineError::Model {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let folder = path.parent().unwrap_or(Path::new("."));
-    builder = builder
-        .with_config_entry(
-            "session.model_external_initializers_file_folder_path",
-            folder.to_string_lossy(),
-        )
-        .map_err(|e| fail(e.into()))?;
     builder.commit_from_memory(&bytes).map_err(fail)
 }

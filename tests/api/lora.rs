@@ -178,3 +178,156 @@ fn loras_that_do_not_fit_are_refused_naming_the_file_and_key() {
         "{err}"
     );
 }
+
+/// Copies models/tiny-sd to `dir/name` with the UNet's weights moved to an external data file, the layout every
+/// SD 1.5 UNet over 2 GB has.
+fn external_data_copy(dir: &std::path::Path, name: &str) {
+    use huabi::engine::onnx::{ExternalData, GraphEdit, OnnxModel};
+    let source = root().join("models/tiny-sd");
+    let target = dir.join(name);
+    for entry in walk(&source) {
+        let relative = entry.strip_prefix(&source).expect("inside");
+        let to = target.join(relative);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&entry, &to).expect("copy");
+    }
+    let unet = OnnxModel::open(&source.join("unet/model.onnx")).expect("unet");
+    let mut data = Vec::new();
+    let mut edit = GraphEdit::default();
+    for (i, init) in unet.initializers.iter().enumerate() {
+        if init.dtype != huabi::engine::onnx::DataType::F32 || init.is_empty() {
+            continue;
+        }
+        let offset = data.len() as u64;
+        for v in unet.read_f32(init).expect("values") {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        let length = data.len() as u64 - offset;
+        edit.revalue.push((
+            i,
+            ExternalData {
+                location: "weights.pb".into(),
+                offset,
+                length,
+            },
+        ));
+    }
+    std::fs::write(target.join("unet/weights.pb"), data).expect("weights");
+    std::fs::write(
+        target.join("unet/model.onnx"),
+        unet.edited(&edit).expect("edit"),
+    )
+    .expect("model");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_model_with_external_weights_takes_loras_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    external_data_copy(dir.path(), "tiny-sd-external");
+    std::fs::create_dir_all(dir.path().join("loras")).expect("mkdir");
+    std::fs::copy(
+        root().join("models/loras/tiny-sd-peft.safetensors"),
+        dir.path().join("loras/tiny-sd-peft.safetensors"),
+    )
+    .expect("copy");
+    let unet =
+        huabi::engine::onnx::OnnxModel::open(&dir.path().join("tiny-sd-external/unet/model.onnx"))
+            .expect("unet");
+    assert!(unet.has_external_data());
+    let mut engine = Engine::new(&EngineConfig {
+        models_dir: dir.path().to_path_buf(),
+        ..config()
+    })
+    .expect("engine");
+    let (_, latents) =
+        npy::read_f32(&root().join("tests/fixtures/lora/init-tiny-sd.npy")).expect("latents");
+    let batch = |loras| Batch {
+        key: BatchKey {
+            model: "tiny-sd-external".into(),
+            loras,
+            width: 64,
+            height: 64,
+            steps: 4,
+            scheduler: SchedulerKind::Euler,
+        },
+        items: vec![Item {
+            prompt: "a photo of the moon, mid-autumn festival".into(),
+            negative_prompt: "blurry".into(),
+            seed: 7,
+            guidance: 7.5,
+            init_latents: Some(latents.clone()),
+        }],
+    };
+    for (loras, reference) in [
+        (vec![], "tiny-sd-base"),
+        (vec![lora("tiny-sd-peft", 1.0)], "tiny-sd-peft"),
+    ] {
+        let got = engine
+            .generate(&batch(loras), &mut |_| {})
+            .expect("generates")
+            .pictures
+            .remove(0)
+            .rgb;
+        let (_, want) = npy::read_f32(&root().join(format!("tests/fixtures/lora/{reference}.npy")))
+            .expect("reference");
+        let worst = max_diff(&got, &want);
+        assert!(worst <= 1e-3, "{reference} from external weights: {worst}");
+    }
+}
+
+#[test]
+fn pipelines_share_unchanged_sessions_and_stay_within_the_memory_budget() {
+    let mut engine = Engine::new(&config()).expect("engine");
+    engine.open("tiny-sd", &[]).expect("plain");
+    let plain = engine.open_bytes();
+    // tiny-sd-peft changes the UNet and the text encoder: the VAE decoder is shared.
+    let report = engine
+        .open("tiny-sd", &[lora("tiny-sd-peft", 1.0)])
+        .expect("peft");
+    let vae = std::fs::metadata(root().join("models/tiny-sd/vae_decoder/model.onnx"))
+        .expect("vae")
+        .len();
+    assert!(report.added_bytes > 0 && report.merged_layers > 0);
+    assert_eq!(engine.open_bytes(), plain + report.added_bytes);
+    assert!(
+        report.added_bytes + vae <= plain + 4096,
+        "the VAE was not opened twice"
+    );
+    assert!(
+        engine
+            .open("tiny-sd", &[lora("tiny-sd-peft", 1.0)])
+            .expect("again")
+            .cached
+    );
+    assert_eq!(engine.loaded().len(), 2);
+
+    // A budget of 1 MiB holds one pipeline at a time: the least recently used one is closed.
+    let mut small = Engine::new(&EngineConfig {
+        memory_budget_mb: 1,
+        ..config()
+    })
+    .expect("engine");
+    small.open("tiny-sd", &[]).expect("plain");
+    small
+        .open("tiny-sd", &[lora("tiny-sd-kohya", 0.5)])
+        .expect("kohya");
+    assert_eq!(
+        small.loaded(),
+        vec![("tiny-sd".to_string(), vec![lora("tiny-sd-kohya", 0.5)])]
+    );
+    small.open("tiny-sdxl", &[]).expect("sdxl");
+    assert_eq!(small.loaded(), vec![("tiny-sdxl".to_string(), vec![])]);
+}

@@ -242,25 +242,53 @@ impl OnnxModel {
         &self.path
     }
 
-    /// The file's size in bytes plus that of every external data file it names.
-    pub fn total_bytes(&self) -> u64 {
-        let mut locations: Vec<&str> = self
+    /// Every external data file the initializers name, once each.
+    pub fn external_locations(&self) -> Vec<String> {
+        let mut locations: Vec<String> = self
             .initializers
             .iter()
             .filter_map(|i| match &i.data {
-                TensorData::External { location, .. } => Some(location.as_str()),
+                TensorData::External { location, .. } => Some(location.clone()),
                 _ => None,
             })
             .collect();
         locations.sort_unstable();
         locations.dedup();
+        locations
+    }
+
+    /// The file's size in bytes plus that of every external data file it names.
+    pub fn total_bytes(&self) -> u64 {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         self.bytes.len() as u64
-            + locations
+            + self
+                .external_locations()
                 .iter()
                 .filter_map(|l| std::fs::metadata(dir.join(l)).ok())
                 .map(|m| m.len())
                 .sum::<u64>()
+    }
+
+    /// The whole of external data file `location` (which must lie in the model's folder).
+    pub fn read_external_file(&self, location: &str) -> Result<Vec<u8>, OnnxError> {
+        let path = self.external_path(location)?;
+        std::fs::read(&path).map_err(|source| OnnxError::Io { path, source })
+    }
+
+    /// The path of external data file `location`, refused when it would leave the model's folder.
+    fn external_path(&self, location: &str) -> Result<PathBuf, OnnxError> {
+        let relative = Path::new(location);
+        if relative.as_os_str().is_empty()
+            || relative
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(OnnxError::Malformed {
+                path: self.path.clone(),
+                reason: format!("external data location {location:?} leaves the model's folder"),
+            });
+        }
+        Ok(self.path.parent().unwrap_or(Path::new(".")).join(relative))
     }
 
     /// The element type most of the weights have (by bytes), for reporting a model's precision.
