@@ -156,10 +156,6 @@ def peft_state(model):
     return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name="fixture").items()}
 
 
-def remove_lora(model):
-    model.delete_adapters("fixture")
-
-
 def kohya_name(module, prefix, sgm=None):
     name = module.replace(".", "_")
     if sgm is not None:
@@ -345,6 +341,23 @@ def make_tiny(models, fixtures):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_benchmark_lora(pipe, path):
+    """A rank-16 LoRA like the community's: attention, feed-forward and projections of the UNet, and the text
+    encoder(s)."""
+    unet_cfg = add_lora(pipe.unet, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in",
+                                    "proj_out"], 16, 8, seed=30)
+    layers = {"unet_lora_layers": peft_state(pipe.unet), "unet_lora_adapter_metadata": unet_cfg.to_dict()}
+    te_cfg = add_lora(pipe.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"], 16, 8, seed=31)
+    layers.update(text_encoder_lora_layers=peft_state(pipe.text_encoder),
+                  text_encoder_lora_adapter_metadata=te_cfg.to_dict())
+    folder = tempfile.mkdtemp(prefix="huabi-lora-")
+    try:
+        type(pipe).save_lora_weights(folder, safe_serialization=True, **layers)
+        shutil.copy(f"{folder}/pytorch_lora_weights.safetensors", path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="models")
@@ -352,12 +365,16 @@ def main():
     p.add_argument("--sd15", metavar="DIR", help="write an SD-1.5-shaped random model here instead (benchmarks)")
     p.add_argument("--sdxl-full", metavar="DIR", help="write an SDXL-shaped random model here instead (benchmarks)")
     p.add_argument("--fp16", action="store_true", help="with --sd15/--sdxl-full: float16 weights")
+    p.add_argument("--lora", metavar="FILE", help="with --sd15/--sdxl-full: also write a random PEFT LoRA (rank 16, "
+                   "attention, feed-forward and text encoder) for benchmarks")
     a = p.parse_args()
     if a.sd15 or a.sdxl_full:
         work = tempfile.mkdtemp(prefix="huabi-models-")
         try:
             pipe = full_sd15() if a.sd15 else full_sdxl()
             pipe.save_pretrained(work)
+            if a.lora:
+                write_benchmark_lora(pipe, a.lora)
             export_onnx(work, a.sd15 or a.sdxl_full, sdxl=bool(a.sdxl_full), fp16=a.fp16)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -318,6 +318,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await?;
             let rows = store.usage(&first.to_string()).await?;
             print!("{}", crate::usage::render(&rows, format));
+            if format == crate::usage::UsageFormat::Table {
+                print!(
+                    "{}",
+                    crate::usage::render_queue(&store.queue_by_model().await?)
+                );
+            }
             Ok(())
         }
     }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use time::{Date, Duration};
 
-use crate::store::UsageRow;
+use crate::store::{ModelQueue, UsageRow};
 
 /// Why `--since` was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,37 @@ fn cells(row: &UsageRow) -> [String; 12] {
         secs(row.p50_secs),
         secs(row.p95_secs),
     ]
+}
+
+/// The queued jobs per model and LoRA set, marking those no live worker paints (for the table format).
+pub fn render_queue(queue: &[ModelQueue]) -> String {
+    if queue.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nQueued now, by model:\n");
+    for q in queue {
+        let model = if q.model.is_empty() {
+            "(default)"
+        } else {
+            &q.model
+        };
+        let loras = if q.loras == "[]" {
+            String::new()
+        } else {
+            format!(" + {}", q.loras)
+        };
+        let served = if q.workers == 0 {
+            "NO live worker paints it: it waits".to_string()
+        } else {
+            format!("{} worker(s)", q.workers)
+        };
+        let _ = writeln!(
+            out,
+            "  {model}{loras}: {} queued, oldest {:.0} min; {served}",
+            q.queued, q.oldest_minutes
+        );
+    }
+    out
 }
 
 /// The rows in `format`.
@@ -173,5 +204,34 @@ mod tests {
         assert!(table.starts_with("day         campaign"), "{table}");
         assert_eq!(table.lines().count(), 2);
         assert_eq!(render(&[], UsageFormat::Json), "[]");
+    }
+
+    #[test]
+    fn the_queue_names_models_no_worker_paints() {
+        assert_eq!(render_queue(&[]), "");
+        let queue = render_queue(&[
+            ModelQueue {
+                model: "sdxl-anime".into(),
+                loras: r#"[{"name":"moon","scale":0.8}]"#.into(),
+                queued: 3,
+                oldest_minutes: 12.4,
+                workers: 0,
+            },
+            ModelQueue {
+                model: "tiny-sd".into(),
+                loras: "[]".into(),
+                queued: 1,
+                oldest_minutes: 0.2,
+                workers: 2,
+            },
+        ]);
+        assert!(
+            queue.contains("sdxl-anime + [{\"name\":\"moon\",\"scale\":0.8}]: 3 queued, oldest 12 min; NO live worker"),
+            "{queue}"
+        );
+        assert!(
+            queue.contains("tiny-sd: 1 queued, oldest 0 min; 2 worker(s)"),
+            "{queue}"
+        );
     }
 }

@@ -185,8 +185,7 @@ pub fn open_merged_session(
     };
     // Once some external data is handed over in memory, ONNX Runtime looks for all of it there: the model's own
     // external data files are read and handed over too.
-    let mut files: Vec<(String, Arc<[u8]>)> =
-        vec![(MERGED_FILE.to_string(), plan.data.as_slice().into())];
+    let mut files: Vec<(String, Arc<[u8]>)> = vec![(MERGED_FILE.to_string(), plan.data.clone())];
     for location in model.external_locations() {
         let bytes = model
             .read_external_file(&location)
@@ -194,7 +193,7 @@ pub fn open_merged_session(
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        files.push((location, bytes.into()));
+        files.push((location, bytes));
     }
     for (name, bytes) in files {
         builder = builder

@@ -5,6 +5,7 @@
 //! shared with other nodes, the changed node gets a copy under a new name instead.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ndarray::Array2;
 
@@ -25,7 +26,7 @@ pub struct MergePlan {
     /// Changed weights and copies of shared ones, read from [`MERGED_FILE`]; nodes rewired to the copies.
     pub edit: GraphEdit,
     /// The contents of [`MERGED_FILE`].
-    pub data: Vec<u8>,
+    pub data: Arc<[u8]>,
     /// Layers changed.
     pub layers: usize,
 }
@@ -144,6 +145,7 @@ pub fn plan(
         layers: placed.len(),
         ..MergePlan::default()
     };
+    let mut data = Vec::new();
     for (node, updates) in by_node {
         let target = updates[0].target;
         let init = &model.initializers[target.initializer];
@@ -151,7 +153,7 @@ pub fn plan(
         for update in &updates {
             add_update(&mut values, update)?;
         }
-        let data = append(&mut plan.data, &values, init.dtype).ok_or_else(|| {
+        let external = append(&mut data, &values, init.dtype).ok_or_else(|| {
             fit_error(
                 updates[0].lora,
                 updates[0].layer,
@@ -165,12 +167,13 @@ pub fn plan(
             let copy = format!("huabi_lora:{}", model.nodes[node].name);
             plan.edit
                 .copies
-                .push((copy.clone(), target.initializer, data));
+                .push((copy.clone(), target.initializer, external));
             plan.edit.rewire.push((node, target.input, copy));
         } else {
-            plan.edit.revalue.push((target.initializer, data));
+            plan.edit.revalue.push((target.initializer, external));
         }
     }
+    plan.data = data.into();
     Ok(plan)
 }
 

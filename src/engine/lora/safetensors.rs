@@ -310,4 +310,37 @@ mod tests {
         past.extend_from_slice(b"{}");
         assert!(parse_header(&past).is_err(), "header past the end");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_header_is_read_or_refused_never_a_panic(
+            entries in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["F32", "F16", "BF16", "I8", ""]),
+                    proptest::collection::vec(0u64..1 << 40, 0..4),
+                    0u64..1 << 40,
+                    0u64..1 << 40,
+                ),
+                0..6,
+            ),
+            data_len in 0usize..256,
+        ) {
+            let header: serde_json::Map<String, serde_json::Value> = entries
+                .iter()
+                .enumerate()
+                .map(|(i, (dtype, shape, begin, end))| {
+                    (format!("t{i}"), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}))
+                })
+                .collect();
+            let bytes = file_bytes(&serde_json::Value::Object(header).to_string(), &vec![0u8; data_len]);
+            let _ = parse_header(&bytes);
+        }
+
+        #[test]
+        fn random_files_are_refused_or_read_never_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_header(&bytes);
+        }
+    }
 }

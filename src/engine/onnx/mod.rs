@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -199,34 +200,15 @@ impl OnnxModel {
         // SAFETY: the model files are not modified while huabi reads them (operators replace a model by adding a
         // new folder); a file truncated underneath would fault like any failed read of a mapped file.
         let bytes = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let malformed = |reason: String| OnnxError::Malformed {
+        let Graph {
+            nodes,
+            initializers,
+            graph,
+            graph_field,
+        } = read_graph(&bytes).map_err(|reason| OnnxError::Malformed {
             path: path.to_path_buf(),
             reason,
-        };
-        let proto = |e: ProtoError| malformed(e.to_string());
-        let mut graph = None;
-        for field in fields(&bytes, 0) {
-            let field = field.map_err(proto)?;
-            if field.number == 7 {
-                let payload = field.bytes().map_err(proto)?;
-                graph = Some((
-                    field.payload_start..field.payload_start + payload.len(),
-                    field.span.clone(),
-                ));
-            }
-        }
-        let (graph, graph_field) =
-            graph.ok_or_else(|| malformed("not an ONNX model: it has no graph".into()))?;
-        let mut nodes = Vec::new();
-        let mut initializers = Vec::new();
-        for field in fields(&bytes[graph.clone()], graph.start) {
-            let field = field.map_err(proto)?;
-            match field.number {
-                1 => nodes.push(read_node(&field).map_err(proto)?),
-                5 => initializers.push(read_initializer(&field).map_err(proto)?),
-                _ => {}
-            }
-        }
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             bytes,
@@ -269,10 +251,24 @@ impl OnnxModel {
                 .sum::<u64>()
     }
 
-    /// The whole of external data file `location` (which must lie in the model's folder).
-    pub fn read_external_file(&self, location: &str) -> Result<Vec<u8>, OnnxError> {
+    /// The whole of external data file `location` (which must lie in the model's folder), read straight into a
+    /// shareable buffer (these files are gigabytes: no second copy).
+    pub fn read_external_file(&self, location: &str) -> Result<Arc<[u8]>, OnnxError> {
+        use std::io::Read;
         let path = self.external_path(location)?;
-        std::fs::read(&path).map_err(|source| OnnxError::Io { path, source })
+        let io = |source| OnnxError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = File::open(&path).map_err(io)?;
+        let len = usize::try_from(file.metadata().map_err(io)?.len())
+            .map_err(|_| io(std::io::Error::other("larger than memory can address")))?;
+        // SAFETY: all-zero bytes are valid `u8` values.
+        let mut buffer: Arc<[u8]> = unsafe { Arc::<[u8]>::new_zeroed_slice(len).assume_init() };
+        let target = Arc::get_mut(&mut buffer)
+            .ok_or_else(|| io(std::io::Error::other("a new buffer is shared")))?;
+        file.read_exact(target).map_err(io)?;
+        Ok(buffer)
     }
 
     /// The path of external data file `location`, refused when it would leave the model's folder.
@@ -510,6 +506,49 @@ impl OnnxModel {
         proto::put_varint(&mut out, 1);
         Ok(out)
     }
+}
+
+/// What [`read_graph`] finds in a model's bytes.
+struct Graph {
+    nodes: Vec<Node>,
+    initializers: Vec<Initializer>,
+    /// The graph message's payload.
+    graph: Range<usize>,
+    /// The whole `graph` field of the model.
+    graph_field: Range<usize>,
+}
+
+/// Reads the top-level graph of a serialized `ModelProto`.
+fn read_graph(bytes: &[u8]) -> Result<Graph, String> {
+    let proto = |e: ProtoError| e.to_string();
+    let mut graph = None;
+    for field in fields(bytes, 0) {
+        let field = field.map_err(proto)?;
+        if field.number == 7 {
+            let payload = field.bytes().map_err(proto)?;
+            graph = Some((
+                field.payload_start..field.payload_start + payload.len(),
+                field.span.clone(),
+            ));
+        }
+    }
+    let (graph, graph_field) = graph.ok_or("not an ONNX model: it has no graph")?;
+    let mut nodes = Vec::new();
+    let mut initializers = Vec::new();
+    for field in fields(&bytes[graph.clone()], graph.start) {
+        let field = field.map_err(proto)?;
+        match field.number {
+            1 => nodes.push(read_node(&field).map_err(proto)?),
+            5 => initializers.push(read_initializer(&field).map_err(proto)?),
+            _ => {}
+        }
+    }
+    Ok(Graph {
+        nodes,
+        initializers,
+        graph,
+        graph_field,
+    })
 }
 
 /// The payload of the length-delimited field at `span` of `bytes`.

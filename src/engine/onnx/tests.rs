@@ -203,3 +203,64 @@ fn hostile_model_files_are_errors() {
         );
     }
 }
+
+/// A small valid model: one MatMul node and its 2×2 weight.
+fn small_model() -> Vec<u8> {
+    use super::proto::{put_bytes, put_varint};
+    let mut node = Vec::new();
+    for input in ["x", "w"] {
+        put_bytes(&mut node, 1, input.as_bytes());
+    }
+    put_bytes(&mut node, 2, b"y");
+    put_bytes(&mut node, 3, b"/a/MatMul");
+    put_bytes(&mut node, 4, b"MatMul");
+    let mut tensor = Vec::new();
+    put_varint(&mut tensor, 1 << 3);
+    put_varint(&mut tensor, 2);
+    put_varint(&mut tensor, 1 << 3);
+    put_varint(&mut tensor, 2);
+    put_varint(&mut tensor, 2 << 3);
+    put_varint(&mut tensor, 1);
+    put_bytes(&mut tensor, 8, b"w");
+    put_bytes(&mut tensor, 9, &[0u8; 16]);
+    let mut graph = Vec::new();
+    put_bytes(&mut graph, 1, &node);
+    put_bytes(&mut graph, 5, &tensor);
+    let mut model = Vec::new();
+    put_varint(&mut model, 1 << 3);
+    put_varint(&mut model, 8);
+    put_bytes(&mut model, 7, &graph);
+    model
+}
+
+#[test]
+fn the_small_model_reads() {
+    let graph = read_graph(&small_model()).expect("valid");
+    assert_eq!(graph.nodes[0].name, "/a/MatMul");
+    assert_eq!(graph.initializers[0].dims, vec![2, 2]);
+    assert!(matches!(&graph.initializers[0].data, TensorData::Raw(r) if r.len() == 16));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn mutated_models_are_read_or_refused_never_a_panic(
+        flips in proptest::collection::vec((0usize..10_000, proptest::prelude::any::<u8>()), 1..8),
+        cut in 0usize..10_000,
+    ) {
+        let mut bytes = small_model();
+        for (at, value) in flips {
+            let at = at % bytes.len();
+            bytes[at] = value;
+        }
+        let _ = read_graph(&bytes);
+        bytes.truncate(cut % (bytes.len() + 1));
+        let _ = read_graph(&bytes);
+    }
+
+    #[test]
+    fn random_bytes_are_refused_or_read_never_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        let _ = read_graph(&bytes);
+    }
+}
