@@ -75,8 +75,8 @@ fn plain_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Bytes of every file directly in `dir`.
-fn folder_bytes(dir: &Path) -> u64 {
+/// Bytes of every file directly in `dir` (for a component, its weights).
+pub(crate) fn folder_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries

@@ -42,6 +42,24 @@ pub struct Sessions {
     pub vae: SharedSession,
 }
 
+impl Sessions {
+    /// The sessions of `folder`'s components, each given by `session(component)`.
+    pub fn gather(
+        folder: &ModelFolder,
+        mut session: impl FnMut(&'static str) -> Result<SharedSession, EngineError>,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
+            text_encoders: folder
+                .text_encoders()
+                .iter()
+                .map(|c| session(c))
+                .collect::<Result<_, _>>()?,
+            unet: session("unet")?,
+            vae: session("vae_decoder")?,
+        })
+    }
+}
+
 /// Where the time of one batch went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
@@ -149,15 +167,7 @@ impl StableDiffusion {
                 device,
             )?)))
         };
-        let sessions = Sessions {
-            text_encoders: folder
-                .text_encoders()
-                .iter()
-                .map(|c| open(c))
-                .collect::<Result<_, _>>()?,
-            unet: open("unet")?,
-            vae: open("vae_decoder")?,
-        };
+        let sessions = Sessions::gather(&folder, open)?;
         Self::new(folder, sessions, config)
     }
 

@@ -11,7 +11,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use serde::Serialize;
 
-use super::catalog::{GraphCache, ModelCatalog};
+use super::catalog::{GraphCache, ModelCatalog, folder_bytes};
 use super::lora::merge::plan;
 use super::lora::{Lora, Part};
 use super::model::ModelFolder;
@@ -85,19 +85,6 @@ fn default_budget_bytes() -> u64 {
             Some(kib * 1024 / 2)
         })
         .unwrap_or(8 << 30)
-}
-
-/// Bytes of the files in a component's folder (the weights dominate).
-fn component_bytes(folder: &ModelFolder, component: &str) -> u64 {
-    std::fs::read_dir(folder.root.join(component))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// The LoRA part a component is.
@@ -211,7 +198,7 @@ impl Engine {
                 Some(session) => {
                     held.insert(component, session);
                 }
-                None => missing.push((component, key, component_bytes(&folder, component))),
+                None => missing.push((component, key, folder_bytes(&folder.root.join(component)))),
             }
         }
         let added_bytes: u64 = missing.iter().map(|(_, _, bytes)| bytes).sum();
@@ -253,15 +240,7 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| EngineError::Runtime(format!("session {c} was not opened")))
         };
-        let sessions = Sessions {
-            text_encoders: folder
-                .text_encoders()
-                .iter()
-                .map(|c| take(c))
-                .collect::<Result<_, _>>()?,
-            unet: take("unet")?,
-            vae: take("vae_decoder")?,
-        };
+        let sessions = Sessions::gather(&folder, take)?;
         let pipeline = StableDiffusion::new(folder, sessions, &self.config)?;
         let load_secs = (load_started.elapsed() - merge_time).as_secs_f64();
         tracing::info!(%model, loras = ?loras, merged_layers, merge_secs = merge_time.as_secs_f64(), load_secs, added_mb = added_bytes >> 20, "pipeline opened");
