@@ -244,12 +244,17 @@ impl Engine {
         let pipeline = StableDiffusion::new(folder, sessions, &self.config)?;
         let load_secs = (load_started.elapsed() - merge_time).as_secs_f64();
         tracing::info!(%model, loras = ?loras, merged_layers, merge_secs = merge_time.as_secs_f64(), load_secs, added_mb = added_bytes >> 20, "pipeline opened");
+        metrics::histogram!("huabi_pipeline_open_seconds").record(load_secs);
+        if merged_layers > 0 {
+            metrics::histogram!("huabi_lora_merge_seconds").record(merge_time.as_secs_f64());
+        }
         self.pipelines.push(OpenPipeline {
             model: model.clone(),
             loras: loras.clone(),
             pipeline,
             last_used: now,
         });
+        self.report_open();
         Ok(LoadReport {
             model,
             loras,
@@ -259,6 +264,12 @@ impl Engine {
             merged_layers,
             added_bytes,
         })
+    }
+
+    /// Publishes how many pipelines are open and their estimated bytes.
+    fn report_open(&self) {
+        metrics::gauge!("huabi_open_pipelines").set(self.pipelines.len() as f64);
+        metrics::gauge!("huabi_open_session_bytes").set(self.open_bytes() as f64);
     }
 
     /// Closes least recently used pipelines until `needed` more bytes fit the budget (or none is left to close).
@@ -272,6 +283,7 @@ impl Engine {
                 .map(|(i, _)| i)
                 .unwrap_or(0);
             let closed = self.pipelines.swap_remove(oldest);
+            metrics::counter!("huabi_pipelines_evicted_total").increment(1);
             tracing::info!(model = %closed.model, loras = ?closed.loras, "pipeline closed to stay within the memory budget");
         }
         self.sessions.retain(|_, (weak, _)| weak.strong_count() > 0);
@@ -291,6 +303,7 @@ impl Engine {
             self.pipelines
                 .retain(|p| !(p.model == report.model && p.loras.is_empty()));
             self.sessions.retain(|_, (weak, _)| weak.strong_count() > 0);
+            self.report_open();
         }
         Ok(report)
     }
