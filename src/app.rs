@@ -20,7 +20,7 @@ use crate::deliver::passive::PassiveReplies;
 use crate::deliver::token::TokenService;
 use crate::engine::EngineHandle;
 use crate::filter::{self, ContentFilter};
-use crate::http::{AppState, metrics_handle, router};
+use crate::http::{AppState, router};
 use crate::queue::Worker;
 use crate::store::{self, Store};
 
@@ -129,20 +129,8 @@ impl App {
                 finished.clone(),
             ))
         });
-        let catalog = Arc::new(std::sync::RwLock::new(Arc::new(
-            load_catalog(&*store, &settings, true).await?,
-        )));
-        let state = AppState {
-            store,
-            wechat: Arc::new(wechat),
-            settings: Arc::new(settings),
-            metrics: metrics_handle(),
-            wake_workers: Arc::new(Notify::new()),
-            announce_jobs: Arc::new(Notify::new()),
-            passive,
-            catalog,
-            queue_depth: Default::default(),
-        };
+        let catalog = load_catalog(&*store, &settings, true).await?;
+        let state = AppState::new(store, wechat, settings, catalog, passive);
         Ok(Self {
             listener,
             state,

@@ -25,6 +25,8 @@ pub mod filter;
 pub mod generate;
 /// The HTTP surface.
 pub mod http;
+/// The message use case: plan and admit what followers send.
+pub mod inbox;
 /// Per-follower limits: the pure policy.
 pub mod limits;
 /// Domain types every layer shares.

@@ -42,18 +42,47 @@ pub struct AppState {
     pub queue_depth: Arc<std::sync::atomic::AtomicI64>,
     /// The grammar and campaigns messages are interpreted with (replaced when campaigns change).
     pub catalog: Arc<std::sync::RwLock<Arc<crate::command::Catalog>>>,
+    /// The message use case (plans and admits what followers send).
+    pub inbox: Arc<crate::inbox::Inbox>,
     /// Answers with pictures inside the reply window (fast path, 取图); `None` without an API client.
     pub passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
 }
 
 impl AppState {
-    /// The catalog in use now.
-    pub fn catalog(&self) -> Arc<crate::command::Catalog> {
-        // A panic while holding the lock cannot leave a half-written Arc behind.
-        self.catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The state of a node serving `settings` over `store`: fresh wake-ups, a queue count starting at 0 and the
+    /// message use case wired to them.
+    pub fn new(
+        store: Arc<dyn Store>,
+        wechat: WechatChannel,
+        settings: Settings,
+        catalog: crate::command::Catalog,
+        passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
+    ) -> Self {
+        let settings = Arc::new(settings);
+        let catalog = Arc::new(std::sync::RwLock::new(Arc::new(catalog)));
+        let wake_workers = Arc::new(tokio::sync::Notify::new());
+        let announce_jobs = Arc::new(tokio::sync::Notify::new());
+        let queue_depth: Arc<std::sync::atomic::AtomicI64> = Default::default();
+        let inbox = Arc::new(crate::inbox::Inbox::new(
+            store.clone(),
+            settings.clone(),
+            catalog.clone(),
+            queue_depth.clone(),
+            wake_workers.clone(),
+            announce_jobs.clone(),
+        ));
+        Self {
+            store,
+            wechat: Arc::new(wechat),
+            settings,
+            metrics: metrics_handle(),
+            wake_workers,
+            announce_jobs,
+            queue_depth,
+            catalog,
+            inbox,
+            passive,
+        }
     }
 }
 

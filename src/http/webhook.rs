@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use super::{AppState, error::ApiError};
 use crate::channel::wechat::{Received, WebhookQuery};
 use crate::channel::{Inbound, Reply};
-use crate::command::{self, Plan};
 use crate::deliver::passive::PassiveReplies;
-use crate::store::{Admission, NewJob, Refusal, Submission};
+use crate::inbox::Step;
+use crate::store::{Admission, Submission};
 
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -40,65 +40,17 @@ pub async fn receive_wechat(
     let received = state.wechat.receive(&query, &body, now())?;
     let inbound = &received.inbound;
     let passive = state.passive.as_deref().filter(|p| p.is_enabled());
-    let settings = &state.settings;
-    let catalog = state.catalog();
-    let now = OffsetDateTime::now_utc();
-    let plan = command::plan(&inbound.kind, settings, &catalog, now);
-    let answer = |job: Option<NewJob>, reply: Reply, refusal: Option<Refusal>| Submission {
-        inbound,
-        limits: job.as_ref().and_then(|job| {
-            let queued = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
-            command::limit_check(
-                settings,
-                &catalog.campaigns,
-                job,
-                &inbound.user_id,
-                (now, queued),
-            )
-        }),
-        job,
-        reply,
-        refusal,
+    let step = state
+        .inbox
+        .prepare(inbound, OffsetDateTime::now_utc(), passive.is_some())
+        .await?;
+    let reply = match (step, passive) {
+        (Step::Admit(submission), _) => admit(&state, passive, started, *submission).await?,
+        (Step::Fetch, Some(passive)) => fetch_picture(&state, passive, inbound, started).await?,
+        (Step::Fetch, None) => Reply::Text {
+            text: state.settings.replies.fetch_retry.clone(),
+        },
     };
-    let text = |text: &str| Reply::Text {
-        text: text.to_string(),
-    };
-    if let (Plan::Fetch, Some(passive)) = (&plan, passive) {
-        let reply = fetch_picture(&state, passive, inbound, started).await?;
-        return Ok(respond(&state, &received, &reply));
-    }
-    let submission = match plan {
-        Plan::Reply(reply) => answer(None, reply, None),
-        Plan::Refuse { reply, refusal } => answer(None, reply, Some(refusal)),
-        Plan::Paint { job, reply } => answer(Some(job), reply, None),
-        Plan::Fetch => answer(None, text(&settings.replies.fetch_retry), None),
-        Plan::Quota => {
-            let used = state
-                .store
-                .requests_today(inbound.channel, &inbound.account, &inbound.user_id, now)
-                .await?;
-            answer(None, command::quota_reply(used, settings), None)
-        }
-        Plan::Status => {
-            let status = state
-                .store
-                .queue_status(inbound.channel, &inbound.account, &inbound.user_id)
-                .await?;
-            answer(None, command::status_reply(status, &settings.replies), None)
-        }
-        Plan::Again => {
-            let last = state
-                .store
-                .last_request(inbound.channel, &inbound.account, &inbound.user_id)
-                .await?;
-            match command::plan_again(last, settings, &catalog, now) {
-                Plan::Paint { job, reply } => answer(Some(job), reply, None),
-                Plan::Refuse { reply, refusal } => answer(None, reply, Some(refusal)),
-                _ => answer(None, text(&settings.replies.again_nothing), None),
-            }
-        }
-    };
-    let reply = admit(&state, passive, started, submission).await?;
     Ok(respond(&state, &received, &reply))
 }
 
@@ -124,7 +76,7 @@ async fn admit(
     let inbound = submission.inbound;
     let delivery = &state.settings.delivery;
     // With a long queue the job cannot be painted inside the window: do not hold the request for nothing.
-    let queued = state.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    let queued = state.inbox.queue_depth();
     let fast_path = passive.filter(|_| {
         delivery.fast_path_secs > 0.0 && queued <= i64::from(delivery.fast_path_max_queue)
     });
@@ -132,29 +84,13 @@ async fn admit(
         // Deliverers leave the job to this request until its answer window is over.
         job.deliver_after_secs = delivery.fast_path_secs + 1.0;
     }
-    let (stored, job_id) = match state.store.submit(&submission).await? {
-        Admission::Accepted { job_id } => {
-            metrics::counter!("huabi_webhook_admitted_total", "job" => if job_id.is_some() { "yes" } else { "no" })
-                .increment(1);
-            tracing::debug!(dedup_key = %inbound.dedup_key, kind = inbound.kind.name(), ?job_id, "admitted");
-            if job_id.is_some() {
-                state.wake_workers.notify_one();
-                state.announce_jobs.notify_one();
-            }
-            (submission.reply, job_id)
-        }
-        Admission::Refused { reply } => {
-            metrics::counter!("huabi_webhook_limited_total").increment(1);
+    let (stored, job_id) = match state.inbox.admit(&submission).await? {
+        Admission::Accepted { job_id } => (submission.reply, job_id),
+        Admission::Refused { reply } => return Ok(reply),
+        Admission::Duplicate { reply, .. } if matches!(reply, Reply::Image { .. }) => {
             return Ok(reply);
         }
-        Admission::Duplicate { reply, job_id } => {
-            metrics::counter!("huabi_webhook_duplicates_total").increment(1);
-            tracing::info!(dedup_key = %inbound.dedup_key, "retry of an admitted message");
-            if matches!(reply, Reply::Image { .. }) {
-                return Ok(reply);
-            }
-            (reply, job_id)
-        }
+        Admission::Duplicate { reply, job_id } => (reply, job_id),
     };
     let answer_by = started + ANSWER_WITHIN;
     if let (Some(passive), Some(job_id)) = (fast_path, job_id) {
@@ -190,7 +126,7 @@ async fn fetch_picture(
         job: None,
         reply: passive.fetch_text(waiting),
     };
-    match state.store.submit(&submission).await {
+    match state.inbox.admit(&submission).await {
         Ok(Admission::Accepted { .. } | Admission::Refused { .. }) => Ok(passive
             .answer_fetch(inbound, waiting, started + ANSWER_WITHIN)
             .await

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use axum::body::Body;
 use axum::http::Request;
 use huabi::channel::wechat::WechatChannel;
-use huabi::http::{AppState, metrics_handle, router};
+use huabi::http::{AppState, router};
 use huabi::store::{self, Counts, Store};
 use proptest::prelude::*;
 use tower::ServiceExt;
@@ -37,17 +37,13 @@ fn new_fixture() -> Fixture {
         let settings = settings(&db.url, &[]);
         let store = store::connect(&settings.database).await.expect("connect");
         store.migrate().await.expect("migrate");
-        let state = AppState {
-            store: store.clone(),
-            wechat: Arc::new(WechatChannel::new(&settings.wechat).expect("channel")),
-            settings: Arc::new(settings),
-            metrics: metrics_handle(),
-            wake_workers: Default::default(),
-            announce_jobs: Default::default(),
-            passive: None,
-            catalog: Default::default(),
-            queue_depth: Default::default(),
-        };
+        let state = AppState::new(
+            store.clone(),
+            WechatChannel::new(&settings.wechat).expect("channel"),
+            settings,
+            Default::default(),
+            None,
+        );
         (router(state), store, db)
     });
     Fixture {
