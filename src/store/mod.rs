@@ -1,6 +1,8 @@
 //! Durable state behind one [`Store`] trait with a PostgreSQL and an SQLite implementation, chosen by the URL
 //! scheme. All SQL lives in this module.
 
+#[macro_use]
+pub mod admin;
 mod postgres;
 mod sqlite;
 
@@ -592,9 +594,9 @@ pub struct Counts {
     pub jobs: i64,
 }
 
-/// Everything huabi persists.
+/// Everything huabi persists (the console's part in [`admin::AdminStore`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: admin::AdminStore + Send + Sync + 'static {
     /// `postgres` or `sqlite`.
     fn backend(&self) -> &'static str;
     /// Applies pending migrations.

@@ -80,14 +80,14 @@ WITH head AS (
       AND model IN (SELECT jsonb_array_elements_text($5::jsonb))
       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(jobs.loras::jsonb) l
                       WHERE l->>'name' NOT IN (SELECT jsonb_array_elements_text($6::jsonb)))
-    ORDER BY created_at, id LIMIT 1
+    ORDER BY priority DESC, created_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT j.id FROM jobs j, head
     WHERE (j.status = 'queued' OR (j.status = 'running' AND j.leased_until < now())) AND j.attempts < $4
       AND j.model = head.model AND j.loras = head.loras
       AND j.width = head.width AND j.height = head.height AND j.steps = head.steps AND j.scheduler = head.scheduler
-    ORDER BY j.created_at, j.id LIMIT $2
+    ORDER BY j.priority DESC, j.created_at, j.id LIMIT $2
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_interval(secs => $3),
@@ -1029,3 +1029,23 @@ impl Store for PgStore {
         Ok(())
     }
 }
+
+/// Requests received and pictures finished per hour (Asia/Shanghai) of day `$1`.
+const BY_HOUR: &str = "
+SELECT hour, sum(requests)::bigint AS requests, sum(painted)::bigint AS painted FROM (
+    SELECT extract(hour FROM received_at AT TIME ZONE 'Asia/Shanghai')::bigint AS hour, 1 AS requests, 0 AS painted
+    FROM inbound_messages
+    WHERE decision <> 'answered' AND (received_at AT TIME ZONE 'Asia/Shanghai')::date::text = $1
+    UNION ALL
+    SELECT extract(hour FROM finished_at AT TIME ZONE 'Asia/Shanghai')::bigint, 0, 1 FROM jobs
+    WHERE status IN ('done', 'delivered') AND (finished_at AT TIME ZONE 'Asia/Shanghai')::date::text = $1
+) t GROUP BY hour ORDER BY hour";
+
+super::admin::impl_admin_store!(
+    PgStore,
+    pool,
+    pool,
+    |sql: &str| sql.to_string(),
+    |t: time::OffsetDateTime| t,
+    BY_HOUR
+);

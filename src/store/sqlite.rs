@@ -443,12 +443,12 @@ impl Store for SqliteStore {
                         AND model IN (SELECT value FROM json_each(?5))
                         AND NOT EXISTS (SELECT 1 FROM json_each(jobs.loras) l
                                         WHERE json_extract(l.value, '$.name') NOT IN (SELECT value FROM json_each(?6)))
-                      ORDER BY created_at, id LIMIT 1) head
+                      ORDER BY priority DESC, created_at, id LIMIT 1) head
                  WHERE {ELIGIBLE_J}
                    AND j.model = head.model AND j.loras = head.loras
                    AND j.width = head.width AND j.height = head.height AND j.steps = head.steps
                    AND j.scheduler = head.scheduler
-                 ORDER BY j.created_at, j.id LIMIT ?2)
+                 ORDER BY j.priority DESC, j.created_at, j.id LIMIT ?2)
              RETURNING id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
                  model, loras"
         ))
@@ -886,3 +886,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
+
+/// Requests received and pictures finished per hour (Asia/Shanghai) of day `$1`.
+const BY_HOUR: &str = "
+SELECT hour, sum(requests) AS requests, sum(painted) AS painted FROM (
+    SELECT CAST(strftime('%H', received_at, '+8 hours') AS INTEGER) AS hour, 1 AS requests, 0 AS painted
+    FROM inbound_messages WHERE decision <> 'answered' AND date(received_at, '+8 hours') = $1
+    UNION ALL
+    SELECT CAST(strftime('%H', finished_at, '+8 hours') AS INTEGER), 0, 1 FROM jobs
+    WHERE status IN ('done', 'delivered') AND date(finished_at, '+8 hours') = $1
+) GROUP BY hour ORDER BY hour";
+
+super::admin::impl_admin_store!(SqliteStore, reader, writer, numbered, timestamp, BY_HOUR);
