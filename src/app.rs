@@ -181,6 +181,11 @@ impl App {
                 .await
                 .context("listening for finished jobs")?;
         }
+        self.state
+            .store
+            .subscribe_catalog(self.state.catalog_changed.clone())
+            .await
+            .context("listening for campaign changes")?;
         tokio::spawn(reload_catalog(self.state.clone(), stop.clone()));
         if self.state.settings.limits.busy_queue > 0 || self.state.passive.is_some() {
             tokio::spawn(count_queue(self.state.clone(), stop.clone()));
@@ -200,8 +205,11 @@ impl App {
             let poll = Duration::from_secs_f64(self.state.settings.delivery.poll_secs);
             tokio::spawn(d.run(self.finished.subscribe(), stop.clone(), poll))
         });
-        let server = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let server = axum::serve(
+            self.listener,
+            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
         let drained = async {
             let served = server.await.context("HTTP server");
             // The batch and deliveries in hand finish; leases still held go back.
@@ -262,7 +270,13 @@ async fn load_catalog(
         Err(_) => {}
     }
     let filter = ContentFilter::new(words).context("building the content filter")?;
-    Ok(Catalog::new(settings, campaigns, filter))
+    let listings = store
+        .follower_lists()
+        .await
+        .context("reading follower lists")?
+        .into_iter()
+        .map(|l| ((l.channel, l.account, l.user_id), l.listing == "allow"));
+    Ok(Catalog::new(settings, campaigns, filter).with_listings(listings))
 }
 
 /// Checks campaigns' models and LoRAs against this node's catalogue (a model it lacks is another node's business).
@@ -281,13 +295,15 @@ async fn check_models(
     Ok(())
 }
 
-/// Re-reads the campaigns every `reload_secs` until `stop`.
+/// Re-reads the campaigns, filter words and follower lists every `reload_secs`, and at once when a change is
+/// announced (by this node's console, or another node's through the store), until `stop`.
 async fn reload_catalog(state: AppState, stop: CancellationToken) {
     let period = Duration::from_secs_f64(state.settings.campaigns.reload_secs);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+            _ = state.catalog_changed.notified() => {}
         }
         match load_catalog(&*state.store, &state.settings, false).await {
             Ok(catalog) => {

@@ -50,6 +50,9 @@ pub enum Command {
     /// Campaigns in the database: import TOML definitions (each change kept as a revision), export, list.
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// The web console's users.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// The model catalogue: models (architecture, precision, sizes, whether they load), LoRAs (format, rank,
     /// layers, the models they fit) and the campaigns that use each.
     Models {
@@ -87,6 +90,20 @@ pub enum CampaignCommand {
     },
     /// List the stored campaigns: name, keywords, window, state now, revisions.
     List,
+}
+
+/// `huabi admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Creates a console user or changes one (role, password); the console at /admin opens with the first user.
+    /// The password is asked for on the terminal, or read from HUABI_ADMIN_PASSWORD.
+    AddUser {
+        /// Login name.
+        name: String,
+        /// admin (manages users), editor (changes campaigns and words) or viewer (reads).
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
 }
 
 /// `huabi standin`.
@@ -288,6 +305,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Standin(options) => standin(options).await,
+        Command::Admin(AdminCommand::AddUser { name, role }) => add_user(&name, &role).await,
         Command::Models { format, no_load } => {
             let settings = load_settings()?;
             let campaigns = match store::connect(&settings.database).await {
@@ -398,6 +416,51 @@ async fn campaign(command: CampaignCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn add_user(name: &str, role: &str) -> anyhow::Result<()> {
+    use crate::admin::auth;
+    use std::io::IsTerminal;
+    let settings = load_settings()?;
+    auth::check_user_name(name).map_err(anyhow::Error::msg)?;
+    let role: auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+    let password = match std::env::var("HUABI_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => p,
+        _ if std::io::stdin().is_terminal() => {
+            let first = rpassword::prompt_password(format!("password for {name}: "))?;
+            let again = rpassword::prompt_password("again: ")?;
+            anyhow::ensure!(first == again, "the two passwords differ");
+            first
+        }
+        _ => anyhow::bail!("no terminal to ask for the password: set HUABI_ADMIN_PASSWORD"),
+    };
+    auth::check_new_password(&password).map_err(anyhow::Error::msg)?;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .context("hashing task")?
+        .map_err(anyhow::Error::msg)?;
+    let store = store::connect(&settings.database).await?;
+    store.migrate().await?;
+    let before = store.admin_user(name).await?;
+    store
+        .save_admin_user(name, role.as_str(), Some(&hash), false)
+        .await?;
+    let after = format!("role={} disabled=false password=changed", role.as_str());
+    let before = before.map(|u| format!("role={} disabled={}", u.role, u.disabled));
+    store
+        .audit(&crate::store::admin::NewAudit {
+            actor: "cli",
+            action: "user.save",
+            target: name,
+            before: before.as_deref(),
+            after: Some(&after),
+        })
+        .await?;
+    println!(
+        "{name} saved ({}); the console is at /admin on every node",
+        role.as_str()
+    );
     Ok(())
 }
 

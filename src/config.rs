@@ -53,8 +53,23 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Reply texts.
     pub replies: ReplySettings,
+    /// The web console.
+    pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    /// The console's public address (`https://…` makes its cookie `Secure`).
+    pub public_url: String,
+    /// Trust `X-Forwarded-For` / `X-Forwarded-Proto` from the proxy in front (client address, https).
+    pub trust_proxy_headers: bool,
+    /// Hours a login lasts.
+    pub session_hours: f64,
+    /// Size of preview pictures: their longer side, in pixels (0 = the campaign's own size).
+    pub preview_size: u32,
 }
 
 /// `[server]`.

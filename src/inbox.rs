@@ -84,9 +84,9 @@ impl Inbox {
             limits: job.as_ref().and_then(|job| {
                 command::limit_check(
                     settings,
-                    &catalog.campaigns,
+                    &catalog,
                     job,
-                    &inbound.user_id,
+                    (inbound.channel, &inbound.account, &inbound.user_id),
                     (now, self.queue_depth()),
                 )
             }),

@@ -1,6 +1,8 @@
 //! huabi (画笔): an AI painting service for WeChat Official Accounts.
 #![warn(missing_docs)]
 
+/// The web console at /admin.
+pub mod admin;
 /// Builds the roles from settings and runs them until shutdown.
 pub mod app;
 /// Load generators and measurements behind `huabi bench`.

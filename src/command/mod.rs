@@ -11,7 +11,8 @@ use crate::config::{ReplySettings, Settings};
 use crate::filter::ContentFilter;
 use crate::limits::{Limits, Listing};
 use crate::store::{LimitCheck, NewJob, QueueStatus, Refusal, RefusalReason, RefusalTexts};
-use grammar::{Command, Grammar, PaintRequest, sized};
+pub use grammar::PaintRequest;
+use grammar::{Command, Grammar, sized};
 
 /// What a node interprets messages with: the grammar (with the campaigns' keywords), the campaigns and the
 /// content filter.
@@ -23,6 +24,8 @@ pub struct Catalog {
     pub campaigns: Campaigns,
     /// The content filter.
     pub filter: ContentFilter,
+    /// Followers allowed (no limits) or denied from the console: (channel, account, user) → allowed.
+    pub listings: std::collections::HashMap<(String, String, String), bool>,
 }
 
 impl Catalog {
@@ -36,7 +39,17 @@ impl Catalog {
             ),
             campaigns,
             filter,
+            listings: Default::default(),
         }
+    }
+
+    /// With the console's allow/deny lists.
+    pub fn with_listings(
+        mut self,
+        listings: impl IntoIterator<Item = ((String, String, String), bool)>,
+    ) -> Self {
+        self.listings = listings.into_iter().collect();
+        self
     }
 }
 
@@ -304,26 +317,31 @@ fn with_options(job: NewJob, request: &PaintRequest, settings: &Settings) -> New
 /// or every limit 0 and no lists), so admission stays one statement.
 pub fn limit_check(
     settings: &Settings,
-    campaigns: &Campaigns,
+    catalog: &Catalog,
     job: &NewJob,
-    user_id: &str,
+    (channel, account, user_id): (&str, &str, &str),
     (now, queued): (OffsetDateTime, i64),
 ) -> Option<LimitCheck> {
     let l = &settings.limits;
     let campaign = job
         .campaign
         .as_deref()
-        .and_then(|name| campaigns.by_name(name));
+        .and_then(|name| catalog.campaigns.by_name(name));
     let per_day = campaign
         .map(|c| c.daily_quota)
         .filter(|q| *q > 0)
         .unwrap_or(l.per_day);
-    let listing = if l.allow.iter().any(|u| u == user_id) {
-        Listing::Allowed
-    } else if l.deny.iter().any(|u| u == user_id) {
-        Listing::Denied
-    } else {
-        Listing::Normal
+    let console = catalog.listings.get(&(
+        channel.to_string(),
+        account.to_string(),
+        user_id.to_string(),
+    ));
+    let listing = match console {
+        Some(true) => Listing::Allowed,
+        Some(false) => Listing::Denied,
+        None if l.allow.iter().any(|u| u == user_id) => Listing::Allowed,
+        None if l.deny.iter().any(|u| u == user_id) => Listing::Denied,
+        None => Listing::Normal,
     };
     let limits = Limits {
         per_day,

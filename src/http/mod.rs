@@ -44,6 +44,8 @@ pub struct AppState {
     pub catalog: Arc<std::sync::RwLock<Arc<crate::command::Catalog>>>,
     /// The message use case (plans and admits what followers send).
     pub inbox: Arc<crate::inbox::Inbox>,
+    /// Notified when campaigns, filter words or follower lists change (here or on another node): reload now.
+    pub catalog_changed: Arc<tokio::sync::Notify>,
     /// Answers with pictures inside the reply window (fast path, 取图); `None` without an API client.
     pub passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
 }
@@ -82,6 +84,16 @@ impl AppState {
             catalog,
             inbox,
             passive,
+            catalog_changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Makes every node re-read campaigns, filter words and follower lists now (this one directly, the others
+    /// through the store).
+    pub async fn announce_catalog(&self) {
+        self.catalog_changed.notify_one();
+        if let Err(e) = self.store.announce_catalog().await {
+            tracing::warn!(error = %e, "could not tell other nodes about the change; they see it at their next reload");
         }
     }
 }
@@ -97,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(crate::admin::router(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -186,6 +186,39 @@ pub struct JobDetail {
     pub has_image: bool,
 }
 
+impl JobDetail {
+    /// The timeline in words: queue wait, painting, delivery (`"queued 1.2 s · painted 3.4 s · delivered 0.5 s"`).
+    pub fn timeline(&self) -> String {
+        let secs = |from: OffsetDateTime, to: OffsetDateTime| {
+            format!("{:.1} s", (to - from).as_seconds_f64())
+        };
+        let mut parts = Vec::new();
+        if let Some(started) = self.started_at {
+            parts.push(format!("waited {}", secs(self.created_at, started)));
+            if let Some(finished) = self.finished_at {
+                parts.push(format!("painted {}", secs(started, finished)));
+                if let Some(delivered) = self.delivered_at {
+                    parts.push(format!("delivered {}", secs(finished, delivered)));
+                }
+            }
+        }
+        parts.join(" · ")
+    }
+
+    /// The admission time, short (`MM-DD HH:MM:SS` UTC+8).
+    pub fn when(&self) -> String {
+        let at = self.created_at.to_offset(time::macros::offset!(+8));
+        format!(
+            "{:02}-{:02} {:02}:{:02}:{:02}",
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        )
+    }
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {

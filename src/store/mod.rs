@@ -779,6 +779,12 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     /// Tells every node's workers that jobs were admitted (PostgreSQL NOTIFY; a no-op on SQLite). Sent outside the
     /// admission transaction: NOTIFY serialises commits, which cut the admission rate by half when it ran inside.
     async fn announce_jobs(&self) -> Result<(), StoreError>;
+    /// Calls `changed.notify_one()` whenever any node announces changed campaigns, filter words or follower lists
+    /// (PostgreSQL LISTEN; a no-op on SQLite).
+    async fn subscribe_catalog(&self, changed: Arc<tokio::sync::Notify>) -> Result<(), StoreError>;
+    /// Tells every node to re-read campaigns, filter words and follower lists now (PostgreSQL NOTIFY; a no-op on
+    /// SQLite).
+    async fn announce_catalog(&self) -> Result<(), StoreError>;
 }
 
 /// Connects to the database the URL names (without migrating).

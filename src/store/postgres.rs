@@ -103,6 +103,8 @@ const PAINTS: &str = "w.seen_at > now() - interval '30 seconds' AND w.models::js
 
 /// The LISTEN/NOTIFY channel that announces new jobs.
 const JOBS_CHANNEL: &str = "huabi_jobs";
+/// The LISTEN/NOTIFY channel that announces changed campaigns, filter words or follower lists.
+const CATALOG_CHANNEL: &str = "huabi_catalog";
 /// The LISTEN/NOTIFY channel that announces finished jobs (payload: comma-separated ids).
 const FINISHED_CHANNEL: &str = "huabi_finished";
 
@@ -116,11 +118,12 @@ const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, deliv
     delivered_via = CASE WHEN status = 'done' THEN $3 END,
     notified_at = CASE WHEN status = 'failed' THEN now() END";
 
-/// Leases finished jobs that are due, oldest first.
+/// Leases finished jobs that are due, oldest first. The console's own jobs (test chat, previews) are shown on its
+/// pages, never sent.
 const LEASE_DELIVERIES: &str = "
 WITH picked AS (
     SELECT id FROM jobs
-    WHERE held IS NULL AND (status = 'done' OR (status = 'failed' AND notified_at IS NULL))
+    WHERE held IS NULL AND channel <> 'console' AND (status = 'done' OR (status = 'failed' AND notified_at IS NULL))
       AND (leased_until IS NULL OR leased_until < now())
       AND (deliver_after IS NULL OR deliver_after <= now())
     ORDER BY finished_at, id LIMIT $2
@@ -1003,15 +1006,34 @@ impl Store for PgStore {
     }
 
     async fn subscribe_jobs(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
+        self.listen(JOBS_CHANNEL, wake).await
+    }
+
+    async fn announce_jobs(&self) -> Result<(), StoreError> {
+        self.notify(JOBS_CHANNEL).await
+    }
+
+    async fn subscribe_catalog(&self, changed: Arc<Notify>) -> Result<(), StoreError> {
+        self.listen(CATALOG_CHANNEL, changed).await
+    }
+
+    async fn announce_catalog(&self) -> Result<(), StoreError> {
+        self.notify(CATALOG_CHANNEL).await
+    }
+}
+
+impl PgStore {
+    /// Calls `wake.notify_one()` on every notification of `channel` (and after a lost connection, since
+    /// notifications may have been missed; the listener reconnects by itself).
+    async fn listen(&self, channel: &'static str, wake: Arc<Notify>) -> Result<(), StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(JOBS_CHANNEL).await?;
+        listener.listen(channel).await?;
         tokio::spawn(async move {
             loop {
-                // recv reconnects after a lost connection (and wakes us, since notifications may have been missed).
                 match listener.recv().await {
                     Ok(_) => wake.notify_one(),
                     Err(e) => {
-                        tracing::warn!(error = %e, "job notifications interrupted; the poll tick covers the gap");
+                        tracing::warn!(error = %e, channel, "notifications interrupted; the poll tick covers the gap");
                         wake.notify_one();
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
@@ -1021,9 +1043,10 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn announce_jobs(&self) -> Result<(), StoreError> {
+    /// Notifies every listener of `channel`.
+    async fn notify(&self, channel: &str) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, '')")
-            .bind(JOBS_CHANNEL)
+            .bind(channel)
             .execute(&self.pool)
             .await?;
         Ok(())

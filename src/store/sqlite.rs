@@ -638,7 +638,8 @@ impl Store for SqliteStore {
         Ok(sqlx::query_as(&format!(
             "UPDATE jobs SET leased_by = ?1, leased_until = {UNTIL}, delivery_attempts = delivery_attempts + 1
              WHERE id IN (
-                 SELECT id FROM jobs WHERE held IS NULL AND {OWED} AND {FREE} AND (deliver_after IS NULL OR deliver_after <= {NOW})
+                 SELECT id FROM jobs WHERE held IS NULL AND channel <> 'console' AND {OWED} AND {FREE}
+                   AND (deliver_after IS NULL OR deliver_after <= {NOW})
                  ORDER BY finished_at, id LIMIT ?2)
              RETURNING id AS job_id, channel, account, user_id, status, media_id, delivery_attempts"
         ))
@@ -883,6 +884,15 @@ impl Store for SqliteStore {
     }
 
     async fn announce_jobs(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn subscribe_catalog(&self, _changed: Arc<Notify>) -> Result<(), StoreError> {
+        // One node: a change made in this process reloads it directly.
+        Ok(())
+    }
+
+    async fn announce_catalog(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }
