@@ -12,6 +12,7 @@ macro_rules! on_both_databases {
     };
 }
 
+mod admin;
 mod admin_store;
 mod campaigns;
 mod delivery;
