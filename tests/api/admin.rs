@@ -27,8 +27,13 @@ fn csrf_of(body: &str) -> Option<String> {
 
 impl Console {
     pub fn new(app: &TestApp) -> Self {
+        Self::at(format!("http://{}", app.addr))
+    }
+
+    /// A client of the node at `base` (`http://host:port`).
+    pub fn at(base: String) -> Self {
         Self {
-            base: format!("http://{}", app.addr),
+            base,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -636,4 +641,58 @@ async fn add_user_takes_the_password_from_the_environment_and_stores_argon2id() 
         &olga.password_hash
     ));
     assert_eq!(olga.role, "editor");
+}
+
+#[tokio::test]
+async fn a_change_on_one_node_reaches_another_within_2_s() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // reload_secs stays 30: only the change's notification can make node B see it in time.
+    let mut a = start_serve(&db.url, port_a, "web", &[]);
+    let mut b = start_serve(&db.url, port_b, "web", &[]);
+    wait_ready(port_a, &mut a).await;
+    wait_ready(port_b, &mut b).await;
+    let store = huabi::store::connect(&settings(&db.url, &[]).database)
+        .await
+        .expect("connect");
+    let hash = auth::hash_password(PASSWORD).expect("hash");
+    store
+        .save_admin_user("ed", "editor", Some(&hash), false)
+        .await
+        .expect("user");
+    let mut console = Console::at(format!("http://127.0.0.1:{port_a}"));
+    assert_eq!(
+        console.log_in("ed", PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    console.get("/admin/words").await;
+    let added = Instant::now();
+    assert_eq!(
+        console
+            .post("/admin/words", &[("word", "跨节点")], true)
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    let client = reqwest::Client::new();
+    for n in 0.. {
+        let body = client
+            .post(format!("http://127.0.0.1:{port_b}/webhook/wechat"))
+            .query(&plain_query(now(), &format!("n{n}")))
+            .body(text_xml("o_n", 500 + n, "画一张跨节点的图"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("body");
+        if body.contains("画不了") {
+            break;
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(2),
+            "node B did not see the word within 2 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -14,6 +14,7 @@ macro_rules! on_both_databases {
 
 mod admin;
 mod admin_store;
+mod browser;
 mod campaigns;
 mod delivery;
 mod delivery_contract;
