@@ -139,6 +139,7 @@ pub async fn log_in(
     now: OffsetDateTime,
     lasts: Duration,
 ) -> Result<String, LoginError> {
+    store.prune_admin(now, now - THROTTLE_WINDOW).await?;
     let failures = store
         .login_failures(user, address, now - THROTTLE_WINDOW)
         .await?;

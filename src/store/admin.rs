@@ -278,6 +278,12 @@ pub trait AdminStore: Send + Sync {
     ) -> Result<Option<AdminSession>, StoreError>;
     /// Ends a session.
     async fn end_session(&self, token_hash: &str) -> Result<(), StoreError>;
+    /// Forgets sessions expired by `now` and failed logins from before `failures_before`.
+    async fn prune_admin(
+        &self,
+        now: OffsetDateTime,
+        failures_before: OffsetDateTime,
+    ) -> Result<(), StoreError>;
     /// Records a failed login.
     async fn record_login_failure(
         &self,
@@ -438,6 +444,22 @@ macro_rules! impl_admin_store {
             async fn end_session(&self, token_hash: &str) -> Result<(), StoreError> {
                 sqlx::query(&($sql)("DELETE FROM admin_sessions WHERE token_hash = $1"))
                     .bind(token_hash)
+                    .execute(&self.$write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn prune_admin(
+                &self,
+                now: time::OffsetDateTime,
+                failures_before: time::OffsetDateTime,
+            ) -> Result<(), StoreError> {
+                sqlx::query(&($sql)("DELETE FROM admin_sessions WHERE expires_at < $1"))
+                    .bind(($time)(now))
+                    .execute(&self.$write)
+                    .await?;
+                sqlx::query(&($sql)("DELETE FROM admin_login_failures WHERE at < $1"))
+                    .bind(($time)(failures_before))
                     .execute(&self.$write)
                     .await?;
                 Ok(())

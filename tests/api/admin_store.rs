@@ -93,6 +93,18 @@ async fn users_sessions_and_throttling(backend: Backend) {
         .await
         .expect("failures");
     assert_eq!((none.by_user, none.by_address, none.oldest), (0, 0, None));
+    s.prune_admin(now, now - Duration::minutes(15))
+        .await
+        .expect("prune");
+    let all = s
+        .login_failures("carol", "10.0.0.1", now - Duration::days(1))
+        .await
+        .expect("failures");
+    assert_eq!(
+        (all.by_user, all.by_address),
+        (0, 3),
+        "carol's old failure is gone, bob's recent ones stay"
+    );
 }
 
 async fn audit_words_listings_and_workers(backend: Backend) {
