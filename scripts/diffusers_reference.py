@@ -5,6 +5,8 @@
 2. pipeline-<scheduler>.npy: diffusers' own torch StableDiffusionPipeline output, on the weights models/tiny-sd was
    exported from (scripts/make_models.py rebuilds them from their seed), from fixed initial latents
    (init-latents.npy), 64x64, 6 steps, guidance 7.5 — huabi must match within 1e-3.
+3. img2img-<scheduler>.npy: StableDiffusionImg2ImgPipeline on the same weights from photo.png, strength 0.6, the
+   noise added from img2img-noise.npy (img2img.json says how).
 
 Random draws (initial latents, and the noise Euler ancestral and LCM add each step) come from huabi's own
 generator (SplitMix64 + Box-Muller, re-implemented below), so huabi can reproduce them exactly: diffusers'
@@ -24,6 +26,7 @@ MODEL = "models/tiny-sd"
 PROMPT = "a photo of the moon, mid-autumn festival"
 STEPS = 6
 SEED = 42
+STRENGTH = 0.6
 
 
 class Noise:
@@ -130,6 +133,53 @@ def pipeline_reference(base_config):
     return summary
 
 
+def img2img_reference(base_config):
+    """diffusers' StableDiffusionImg2ImgPipeline on the same weights, from a 64x96 photo (huabi crops its centre
+    64x64; diffusers is given that crop), strength 0.6 of 6 steps. Its random draws, in its order: the VAE
+    posterior's sample (huabi: the item's stream after the first block), the noise added (img2img-noise.npy, as
+    huabi's --init-latents), then the schedulers' own (the stream goes on)."""
+    import diffusers.models.autoencoders.vae as vae_module
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_module
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+    from make_models import tiny_sd
+
+    y, x = np.mgrid[0:96, 0:64]
+    photo = np.stack([x * 4, y * 2, 255 - x * 2 - y], -1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(f"{OUT}/photo.png")
+    crop = Image.fromarray(photo).crop((0, 16, 64, 80))
+    n = 4 * 8 * 8
+    noise = Noise(99).normals(n).reshape(1, 4, 8, 8)
+    np.save(f"{OUT}/img2img-noise.npy", noise)
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_sd().components)
+    pipe.set_progress_bar_config(disable=True)
+    summary = {}
+    for name, (cls, extra) in schedulers().items():
+        pipe.scheduler = cls.from_config(dict(base_config, **extra))
+        stream = Noise(SEED)
+        stream.normals(n)  # huabi's stream: the noise block first (replaced by the file), then the VAE's sample
+        queue = [stream.normals(n).reshape(1, 4, 8, 8), noise]
+
+        def randn_tensor(shape, generator=None, device=None, dtype=None, **_):
+            values = queue.pop(0) if queue else stream.normals(int(np.prod(shape))).reshape(shape)
+            return torch.from_numpy(np.asarray(values, dtype=np.float32).reshape(shape)).to(dtype or torch.float32)
+
+        patch_noise(stream)
+        vae_module.randn_tensor = randn_tensor
+        img2img_module.randn_tensor = randn_tensor
+        import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea
+        import diffusers.schedulers.scheduling_lcm as lcm
+        ea.randn_tensor = randn_tensor
+        lcm.randn_tensor = randn_tensor
+        with torch.no_grad():
+            image = pipe(PROMPT, image=crop, strength=STRENGTH, negative_prompt="", num_inference_steps=STEPS,
+                         guidance_scale=7.5, output_type="np").images[0]
+        assert not queue, "diffusers drew fewer values than expected"
+        np.save(f"{OUT}/img2img-{name}.npy", image.astype(np.float32))
+        summary[name] = {"mean": float(image.mean()), "std": float(image.std())}
+    return summary
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     with open(f"{MODEL}/scheduler/scheduler_config.json") as f:
@@ -141,7 +191,12 @@ def main():
     with open(f"{OUT}/pipeline.json", "w") as f:
         json.dump({"prompt": PROMPT, "negative": "", "steps": STEPS, "guidance": 7.5, "width": 64, "height": 64,
                    "seed": SEED, "images": summary}, f, indent=2)
-    print(json.dumps(summary, indent=2))
+    img2img = img2img_reference(base)
+    with open(f"{OUT}/img2img.json", "w") as f:
+        json.dump({"prompt": PROMPT, "negative": "", "steps": STEPS, "guidance": 7.5, "width": 64, "height": 64,
+                   "seed": SEED, "strength": STRENGTH, "photo": "photo.png", "noise": "img2img-noise.npy",
+                   "images": img2img}, f, indent=2)
+    print(json.dumps({"txt2img": summary, "img2img": img2img}, indent=2))
 
 
 if __name__ == "__main__":

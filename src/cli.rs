@@ -159,6 +159,17 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time translating one prompt (default: 30 Chinese characters in three clauses) with the model in
+    /// HUABI__TRANSLATE__MODEL_DIR or `--model-dir`: huabi's way (the clauses decoded together) beside the prompt
+    /// decoded as one sequence; p50 and p95 in milliseconds.
+    Translate {
+        /// What to measure.
+        #[command(flatten)]
+        options: bench::translate::TranslateBenchOptions,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a burst of messages from distinct followers to a running deployment (database: HUABI__DATABASE__URL),
     /// wait for every picture, and report ack→delivery p50/p95, pictures/s and batch sizes from the jobs' timelines.
     Burst {
@@ -265,6 +276,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         row.denoise,
                         row.denoise / steps,
                         row.decode
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Translate { options, json }) => {
+            let settings = load_settings()?;
+            let rows = tokio::task::spawn_blocking(move || {
+                bench::translate::run(&settings.engine, &settings.translate, &options)
+            })
+            .await
+            .context("bench task")??;
+            for row in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    println!(
+                        "{}: {} sequence(s), {} tokens: p50 {:.1} ms, p95 {:.1} ms",
+                        row.variant, row.rows, row.tokens, row.p50_ms, row.p95_ms
                     );
                 }
             }

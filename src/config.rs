@@ -41,6 +41,10 @@ pub struct Settings {
     pub wechat: WechatSettings,
     /// The painting engine.
     pub engine: crate::engine::EngineConfig,
+    /// Translating Chinese prompts.
+    pub translate: crate::engine::translate::TranslateConfig,
+    /// The safety check of every picture.
+    pub safety: crate::engine::safety::SafetyConfig,
     /// How jobs are painted and leased.
     pub jobs: JobSettings,
     /// How finished pictures reach followers.
@@ -339,7 +343,8 @@ impl Settings {
         {
             builder = builder.set_override("engine.ort_dylib_path", path.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.engine.safety = settings.safety.clone();
         settings.validate()?;
         Ok(settings)
     }

@@ -9,8 +9,10 @@ use anyhow::{Context, bail};
 
 use crate::engine::encode::{self, WECHAT_JPEG_BUDGET};
 use crate::engine::label::{AigcRecord, draw_visible_label};
+use crate::engine::photo::{self, PhotoLimits};
 use crate::engine::{
-    Batch, BatchKey, Engine, EngineConfig, Item, LoraChoice, Picture, Progress, SchedulerKind, npy,
+    Batch, BatchKey, Engine, EngineConfig, Item, LoraChoice, Picture, Progress, SchedulerKind,
+    Strength, npy,
 };
 
 /// What to paint and where to write it (the flags of `huabi generate`).
@@ -46,9 +48,17 @@ pub struct GenerateOptions {
     /// Pictures painted together in one pass.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Initial latents: float32 .npy of shape [1, 4, H/f, W/f] (diffusers' `latents=`).
+    /// Initial latents: float32 .npy of shape [1, 4, H/f, W/f] (diffusers' `latents=`); with --init-image, the
+    /// unit noise added to the encoded picture.
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
+    /// Paint from this picture (img2img; JPEG, PNG, GIF, WebP or BMP): turned upright by its EXIF orientation,
+    /// centre-cropped to the painting's shape and resized to it. Needs a model with vae_encoder/.
+    #[arg(long, requires = "strength")]
+    pub init_image: Option<PathBuf>,
+    /// How much of --init-image is repainted, above 0 and at most 1 (the share of the steps run).
+    #[arg(long, requires = "init_image")]
+    pub strength: Option<f64>,
     /// The model (a folder of HUABI__ENGINE__MODELS_DIR; default: HUABI__ENGINE__MODEL).
     #[arg(long)]
     pub model: Option<String>,
@@ -156,6 +166,21 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
             .collect(),
         None => vec![None; options.batch],
     };
+    let init_image = match &options.init_image {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let limits = PhotoLimits {
+                max_bytes: usize::MAX,
+                max_pixels: 100_000_000,
+            };
+            let picture = photo::prepare(&bytes, &limits, (width, height))
+                .with_context(|| format!("--init-image {}", path.display()))?;
+            Some(std::sync::Arc::new(picture))
+        }
+        None => None,
+    };
+    let strength = options.strength.map(Strength::new).transpose()?;
     let batch = Batch {
         key: BatchKey {
             model: model.clone(),
@@ -164,6 +189,7 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
             height,
             steps: options.steps,
             scheduler,
+            strength,
         },
         items: latents
             .into_iter()
@@ -174,6 +200,7 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
                 seed: first_seed.wrapping_add(i as u64),
                 guidance: options.guidance,
                 init_latents,
+                init_image: init_image.clone(),
             })
             .collect(),
     };

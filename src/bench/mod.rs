@@ -1,8 +1,10 @@
 //! `huabi bench ack`: a load generator for the webhook's acknowledgement path. Sends signed plaintext text
 //! messages with distinct MsgIds and reports acknowledgements per second and latency percentiles.
-//! `huabi bench engine` times the engine; `huabi bench burst` ([`burst`]) times message-to-delivery.
+//! `huabi bench engine` times the engine; `huabi bench burst` ([`burst`]) times message-to-delivery;
+//! `huabi bench translate` ([`translate`]) times translation.
 
 pub mod burst;
+pub mod translate;
 
 use std::fmt;
 use std::sync::Arc;
@@ -339,6 +341,7 @@ pub fn run_engine(
                         height: options.height,
                         steps: options.steps,
                         scheduler: options.scheduler,
+                        strength: None,
                     },
                     items: (0..b)
                         .map(|i| Item {
@@ -347,6 +350,7 @@ pub fn run_engine(
                             seed: i as u64,
                             guidance: 7.5,
                             init_latents: None,
+                            init_image: None,
                         })
                         .collect(),
                 };

@@ -11,11 +11,15 @@ mod model;
 pub mod noise;
 pub mod npy;
 pub mod onnx;
-mod pipeline;
+pub mod photo;
+pub(crate) mod pipeline;
 mod pipelines;
-mod runtime;
+pub mod resample;
+pub(crate) mod runtime;
+pub mod safety;
 pub mod scheduler;
 mod tokenizer;
+pub mod translate;
 
 use std::path::PathBuf;
 
@@ -24,7 +28,7 @@ use serde::Deserialize;
 pub use crate::model::LoraChoice;
 pub use catalog::{LoraInfo, ModelCatalog, ModelInfo};
 pub use handle::{EngineHandle, LabelledJpeg};
-pub use model::{Architecture, ModelFolder, ModelIo};
+pub use model::{Architecture, ModelFolder, ModelIo, VaeEncoderIo};
 pub use pipeline::{Generated, Progress, Sessions, SharedSession, StableDiffusion, StageTimings};
 pub use pipelines::{Engine, LoadReport};
 pub use runtime::{Device, default_library_candidates};
@@ -98,6 +102,9 @@ pub struct EngineConfig {
     pub max_prompt_chars: usize,
     /// `ContentProducer` of the AIGC record in every picture.
     pub aigc_provider: String,
+    /// Which models' pictures are checked (`[safety]`, copied here by [`crate::config::Settings::load`]).
+    #[serde(skip)]
+    pub safety: safety::SafetyConfig,
 }
 
 impl EngineConfig {
@@ -138,6 +145,51 @@ pub struct BatchKey {
     pub steps: usize,
     /// The scheduler.
     pub scheduler: SchedulerKind,
+    /// img2img: how much of each item's starting picture is repainted; `None` paints from text alone.
+    pub strength: Option<Strength>,
+}
+
+/// How strongly img2img repaints a picture: like diffusers' `strength`, the share of the denoising steps run on it
+/// (the rest are skipped), in (0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Strength(f64);
+
+impl Strength {
+    /// `value` if it is in (0, 1].
+    pub fn new(value: f64) -> Result<Self, EngineError> {
+        if value.is_finite() && value > 0.0 && value <= 1.0 {
+            Ok(Self(value))
+        } else {
+            Err(EngineError::Invalid(format!(
+                "strength {value} must be above 0 and at most 1"
+            )))
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// The first of `steps` steps run (diffusers' `t_start`), or an error when the strength runs none.
+    pub fn first_step(self, steps: usize) -> Result<usize, EngineError> {
+        let run = ((steps as f64 * self.0) as usize).min(steps);
+        if run == 0 {
+            return Err(EngineError::Invalid(format!(
+                "strength {} runs none of {steps} steps; raise it or the steps",
+                self.0
+            )));
+        }
+        Ok(steps - run)
+    }
+}
+
+impl Eq for Strength {}
+
+impl std::hash::Hash for Strength {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
 }
 
 /// One picture to paint.
@@ -151,8 +203,11 @@ pub struct Item {
     pub seed: u64,
     /// Classifier-free guidance scale (≤ 1 disables guidance for this item).
     pub guidance: f32,
-    /// Initial latents (unit-variance noise, shape [4, H/f, W/f]) instead of the seed's.
+    /// Initial latents (unit-variance noise, shape [4, H/f, W/f]) instead of the seed's; for img2img, the noise
+    /// added to the encoded picture.
     pub init_latents: Option<Vec<f32>>,
+    /// img2img: the picture to start from, at the batch's size (needs [`BatchKey::strength`]).
+    pub init_image: Option<std::sync::Arc<Picture>>,
 }
 
 /// Items painted together.

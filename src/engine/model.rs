@@ -51,6 +51,10 @@ pub struct ModelFolder {
     pub scheduler: SchedulerConfig,
     /// The scheduler class the folder names, when huabi implements it.
     pub default_scheduler: Option<SchedulerKind>,
+    /// Whether it has `vae_encoder/` (needed to paint from photos).
+    pub has_vae_encoder: bool,
+    /// Whether it has `safety_checker/` (the diffusers ONNX layout, with `feature_extractor/`).
+    pub has_safety_checker: bool,
 }
 
 fn model_error(path: &Path, reason: impl Into<String>) -> EngineError {
@@ -151,6 +155,8 @@ impl ModelFolder {
             latent_scaling,
             scheduler,
             default_scheduler,
+            has_vae_encoder: root.join("vae_encoder/model.onnx").is_file(),
+            has_safety_checker: root.join("safety_checker/model.onnx").is_file(),
         })
     }
 
@@ -212,6 +218,20 @@ pub struct ModelIo {
     pub latent_sample: Port,
     /// vae_decoder output.
     pub image: String,
+    /// vae_encoder, when the folder has one.
+    pub vae_encoder: Option<VaeEncoderIo>,
+}
+
+/// What the pipeline feeds the VAE encoder and reads from it.
+#[derive(Debug, Clone)]
+pub struct VaeEncoderIo {
+    /// `sample`: pictures in [-1, 1], NCHW.
+    pub sample: Port,
+    /// The output.
+    pub output: String,
+    /// Whether the output is the posterior's mean and log-variance (`latent_parameters`, optimum) rather than a
+    /// sample the graph drew itself (older diffusers exports' `latent_sample`).
+    pub parameters: bool,
 }
 
 fn port(
@@ -352,6 +372,7 @@ impl ModelIo {
         text_encoders: &[&Session],
         unet: &Session,
         vae: &Session,
+        vae_encoder: Option<&Session>,
     ) -> Result<Self, EngineError> {
         use TensorElementType::{Float16, Float32, Int32, Int64};
         let un = folder.onnx("unet");
@@ -408,6 +429,18 @@ impl ModelIo {
             noise_pred: output(unet, &un, "out_sample")?,
             latent_sample: port(vae, &vd, "latent_sample", &floats, &[4])?,
             image: output(vae, &vd, "sample")?,
+            vae_encoder: vae_encoder
+                .map(|session| {
+                    let path = folder.onnx("vae_encoder");
+                    no_extra_inputs(session, &path, &["sample"])?;
+                    let output = output(session, &path, "latent_parameters")?;
+                    Ok::<_, EngineError>(VaeEncoderIo {
+                        sample: port(session, &path, "sample", &floats, &[4])?,
+                        parameters: output == "latent_parameters",
+                        output,
+                    })
+                })
+                .transpose()?,
         })
     }
 }

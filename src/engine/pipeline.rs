@@ -12,6 +12,7 @@ use super::conditioning::{Conditioning, Encoder, TextConditioner};
 use super::model::{Architecture, ModelFolder, ModelIo, Port};
 use super::noise::Noise;
 use super::runtime::{self, Device};
+use super::safety::{self, SafetyChecker, Verdict};
 use super::scheduler::{self, Scheduler};
 use super::tokenizer::ClipTokenizer;
 use super::{Batch, EngineConfig, EngineError, Picture};
@@ -40,6 +41,10 @@ pub struct Sessions {
     pub unet: SharedSession,
     /// `vae_decoder`.
     pub vae: SharedSession,
+    /// `vae_encoder`, when the folder has one.
+    pub vae_encoder: Option<SharedSession>,
+    /// `safety_checker` (opened by [`safety::open_session`]), when pictures are checked.
+    pub safety_checker: Option<SharedSession>,
 }
 
 impl Sessions {
@@ -56,6 +61,11 @@ impl Sessions {
                 .collect::<Result<_, _>>()?,
             unet: session("unet")?,
             vae: session("vae_decoder")?,
+            vae_encoder: folder
+                .has_vae_encoder
+                .then(|| session("vae_encoder"))
+                .transpose()?,
+            safety_checker: None,
         })
     }
 }
@@ -69,6 +79,8 @@ pub struct StageTimings {
     pub denoise: Duration,
     /// VAE decoding.
     pub decode: Duration,
+    /// The safety check.
+    pub safety: Duration,
     /// The whole batch.
     pub total: Duration,
 }
@@ -87,6 +99,8 @@ pub struct Progress {
 pub struct Generated {
     /// One picture per item.
     pub pictures: Vec<Picture>,
+    /// The safety checker's verdict on each picture (`None` when the model's pictures are not checked).
+    pub verdicts: Vec<Option<Verdict>>,
     /// Stage timings.
     pub timings: StageTimings,
 }
@@ -98,6 +112,8 @@ pub struct StableDiffusion {
     text: TextConditioner,
     unet: SharedSession,
     vae: SharedSession,
+    vae_encoder: Option<SharedSession>,
+    safety: Option<SafetyChecker>,
     config: EngineConfig,
 }
 
@@ -141,6 +157,35 @@ pub(crate) fn float_values(value: &DynValue) -> Result<(Vec<i64>, Vec<f32>), Eng
     ))
 }
 
+/// What the VAE encoder says of one picture.
+enum Posterior {
+    /// The latent distribution: its mean and log-variance (diffusers' `DiagonalGaussianDistribution`).
+    Gaussian {
+        mean: Vec<f32>,
+        log_variance: Vec<f32>,
+    },
+    /// A sample the encoder drew itself.
+    Drawn(Vec<f32>),
+}
+
+impl Posterior {
+    /// A sample, as diffusers' `latent_dist.sample()` draws it: mean + exp(½·clamp(logvar, −30, 20))·ε, with ε the
+    /// next values of the item's noise stream.
+    fn sample(&self, noise: &mut Noise) -> Vec<f32> {
+        match self {
+            Posterior::Gaussian { mean, log_variance } => {
+                let eps = noise.normals(mean.len());
+                mean.iter()
+                    .zip(log_variance)
+                    .zip(eps)
+                    .map(|((m, lv), e)| m + (0.5 * lv.clamp(-30.0, 20.0)).exp() * e)
+                    .collect()
+            }
+            Posterior::Drawn(sample) => sample.clone(),
+        }
+    }
+}
+
 fn timestep_tensor(port: &Port, t: f32, rows: usize) -> Result<DynValue, EngineError> {
     let (shape, count): (Vec<i64>, usize) = match port.dims.as_slice() {
         [] => (vec![], 1),
@@ -167,7 +212,12 @@ impl StableDiffusion {
                 device,
             )?)))
         };
-        let sessions = Sessions::gather(&folder, open)?;
+        let mut sessions = Sessions::gather(&folder, open)?;
+        sessions.safety_checker = safety::wanted(config, &folder)?
+            .then(|| {
+                safety::open_session(&env, &folder.root, device).map(|s| Arc::new(Mutex::new(s)))
+            })
+            .transpose()?;
         Self::new(folder, sessions, config)
     }
 
@@ -184,11 +234,13 @@ impl StableDiffusion {
                 .map(lock)
                 .collect::<Result<Vec<_>, _>>()?;
             let encoder_refs: Vec<&Session> = encoders.iter().map(|g| &**g).collect();
+            let vae_encoder = sessions.vae_encoder.as_ref().map(lock).transpose()?;
             ModelIo::read(
                 &folder,
                 &encoder_refs,
                 &*lock(&sessions.unet)?,
                 &*lock(&sessions.vae)?,
+                vae_encoder.as_deref(),
             )?
         };
         let tokenizers: &[&str] = match folder.architecture {
@@ -212,6 +264,11 @@ impl StableDiffusion {
             io,
             unet: sessions.unet,
             vae: sessions.vae,
+            vae_encoder: sessions.vae_encoder,
+            safety: sessions
+                .safety_checker
+                .map(|session| SafetyChecker::new(session, &folder.root))
+                .transpose()?,
             folder,
             config: config.clone(),
         })
@@ -301,7 +358,41 @@ impl StableDiffusion {
                 }
             }
         }
-        scheduler::build(key.scheduler, &self.folder.scheduler, key.steps)?;
+        let steps = scheduler::build(key.scheduler, &self.folder.scheduler, key.steps)?
+            .timesteps()
+            .len();
+        match key.strength {
+            Some(strength) => {
+                if self.vae_encoder.is_none() {
+                    return Err(invalid(format!(
+                        "{} has no vae_encoder/, so it cannot paint from pictures",
+                        self.folder.root.display()
+                    )));
+                }
+                strength.first_step(steps)?;
+                for (i, item) in batch.items.iter().enumerate() {
+                    match &item.init_image {
+                        Some(p) if (p.width, p.height) == (key.width, key.height) => {}
+                        Some(p) => {
+                            return Err(invalid(format!(
+                                "item {i}: its starting picture is {}x{}, the batch paints {}x{}",
+                                p.width, p.height, key.width, key.height
+                            )));
+                        }
+                        None => {
+                            return Err(invalid(format!(
+                                "item {i}: a strength needs a starting picture"
+                            )));
+                        }
+                    }
+                }
+            }
+            None => {
+                if batch.items.iter().any(|i| i.init_image.is_some()) {
+                    return Err(invalid("a starting picture needs a strength"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -329,13 +420,18 @@ impl StableDiffusion {
         let embeddings = self.text.condition(&negatives, &prompts)?;
         let text_done = started.elapsed();
 
-        // Latents and one scheduler per item.
+        // Latents and one scheduler per item; img2img starts from the encoded pictures, noised to its first step.
         let (h, w) = self.latent_size(key.width, key.height);
         let per_item = LATENT_CHANNELS * h * w;
+        let encoded = match key.strength {
+            Some(_) => Some(self.encode(items, h, w)?),
+            None => None,
+        };
         let mut noises: Vec<Noise> = Vec::with_capacity(b);
         let mut latents: Vec<Vec<f32>> = Vec::with_capacity(b);
         let mut schedulers: Vec<Box<dyn Scheduler>> = Vec::with_capacity(b);
-        for item in items {
+        let mut start = 0;
+        for (i, item) in items.iter().enumerate() {
             // The stream always yields the latents first, so given latents equal to the seed's change nothing.
             let mut noise = Noise::new(item.seed);
             let mut x = noise.normals(per_item);
@@ -343,8 +439,20 @@ impl StableDiffusion {
                 x.copy_from_slice(given);
             }
             let s = scheduler::build(key.scheduler, &self.folder.scheduler, key.steps)?;
-            let sigma = s.init_noise_sigma();
-            x.iter_mut().for_each(|v| *v *= sigma);
+            match (&encoded, key.strength) {
+                (Some(encoded), Some(strength)) => {
+                    start = strength.first_step(s.timesteps().len())?;
+                    let mut init = encoded[i].sample(&mut noise);
+                    let scaling = self.folder.latent_scaling;
+                    init.iter_mut().for_each(|v| *v *= scaling);
+                    s.add_noise(&mut init, &x, start);
+                    x = init;
+                }
+                _ => {
+                    let sigma = s.init_noise_sigma();
+                    x.iter_mut().for_each(|v| *v *= sigma);
+                }
+            }
             noises.push(noise);
             latents.push(x);
             schedulers.push(s);
@@ -353,7 +461,7 @@ impl StableDiffusion {
         let timesteps: Vec<f32> = schedulers[0].timesteps().to_vec();
         let sample_shape = vec![rows as i64, LATENT_CHANNELS as i64, h as i64, w as i64];
         let mut model_input = vec![0.0f32; rows * per_item];
-        for (index, &t) in timesteps.iter().enumerate() {
+        for (index, &t) in timesteps.iter().enumerate().skip(start) {
             for (i, (x, s)) in latents.iter().zip(&schedulers).enumerate() {
                 let mut scaled = x.clone();
                 s.scale_model_input(&mut scaled, index);
@@ -390,20 +498,27 @@ impl StableDiffusion {
                 schedulers[i].step(index, &eps, &mut latents[i], &mut noises[i]);
             }
             on_step(Progress {
-                done: index + 1,
-                total: timesteps.len(),
+                done: index + 1 - start,
+                total: timesteps.len() - start,
             });
         }
         let denoise_done = started.elapsed();
 
         let pictures = self.decode(&latents, h, w)?;
+        let decode_done = started.elapsed();
+        let verdicts = match &self.safety {
+            Some(checker) => checker.check(&pictures)?.into_iter().map(Some).collect(),
+            None => vec![None; pictures.len()],
+        };
         let total = started.elapsed();
         Ok(Generated {
             pictures,
+            verdicts,
             timings: StageTimings {
                 text: text_done,
                 denoise: denoise_done - text_done,
-                decode: total - denoise_done,
+                decode: decode_done - denoise_done,
+                safety: total - decode_done,
                 total,
             },
         })
@@ -469,6 +584,76 @@ impl StableDiffusion {
             )));
         }
         Ok(values)
+    }
+
+    /// Encodes the items' starting pictures with the VAE encoder, several per call like [`Self::decode`].
+    fn encode(
+        &mut self,
+        items: &[super::Item],
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<Posterior>, EngineError> {
+        let io = self
+            .io
+            .vae_encoder
+            .clone()
+            .ok_or_else(|| invalid("this model has no vae_encoder"))?;
+        let session = self
+            .vae_encoder
+            .clone()
+            .ok_or_else(|| invalid("this model has no vae_encoder"))?;
+        let f = self.folder.vae_scale_factor as usize;
+        let pixels = (h * f * w * f).max(1);
+        let per_call = if io.sample.dtype == TensorElementType::Float16 {
+            1
+        } else {
+            (VAE_PIXELS_PER_CALL / pixels).clamp(1, items.len().max(1))
+        };
+        let per_item = LATENT_CHANNELS * h * w;
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(per_call) {
+            let mut nchw = Vec::with_capacity(chunk.len() * 3 * pixels);
+            for item in chunk {
+                let picture = item
+                    .init_image
+                    .as_ref()
+                    .ok_or_else(|| invalid("an item has no starting picture"))?;
+                let plane = picture.rgb.len() / 3;
+                for c in 0..3 {
+                    nchw.extend((0..plane).map(|p| 2.0 * picture.rgb[p * 3 + c] - 1.0));
+                }
+            }
+            let shape = vec![chunk.len() as i64, 3, (h * f) as i64, (w * f) as i64];
+            let input = float_tensor(io.sample.dtype, shape, &nchw)?;
+            let mut vae = lock(&session)?;
+            let outputs = vae.run(vec![(io.sample.name.as_str(), input)])?;
+            let value = outputs.get(&io.output).ok_or_else(|| {
+                EngineError::Inference(format!("vae encoder returned no {}", io.output))
+            })?;
+            let (shape, values) = float_values(value)?;
+            let channels = if io.parameters {
+                2 * LATENT_CHANNELS
+            } else {
+                LATENT_CHANNELS
+            };
+            if shape != [chunk.len() as i64, channels as i64, h as i64, w as i64] {
+                return Err(EngineError::Inference(format!(
+                    "vae encoder returned shape {shape:?}, expected [{}, {channels}, {h}, {w}]",
+                    chunk.len()
+                )));
+            }
+            for item in values.chunks_exact(channels * h * w) {
+                out.push(if io.parameters {
+                    Posterior::Gaussian {
+                        mean: item[..per_item].to_vec(),
+                        log_variance: item[per_item..].to_vec(),
+                    }
+                } else {
+                    Posterior::Drawn(item.to_vec())
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Decodes the items' latents into pictures, several per call for float32 VAEs up to a pixel budget (the VAE's

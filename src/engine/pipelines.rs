@@ -17,6 +17,7 @@ use super::lora::{Lora, Part};
 use super::model::ModelFolder;
 use super::pipeline::{Sessions, SharedSession};
 use super::runtime::{self, Device};
+use super::safety;
 use super::{Batch, EngineConfig, EngineError, Generated, LoraChoice, Progress, StableDiffusion};
 use crate::model::canonical_loras as canonical;
 
@@ -179,6 +180,12 @@ impl Engine {
             .collect::<Result<_, EngineError>>()?;
         let mut components: Vec<&'static str> = folder.text_encoders().to_vec();
         components.extend(["unet", "vae_decoder"]);
+        if folder.has_vae_encoder {
+            components.push("vae_encoder");
+        }
+        if safety::wanted(&self.config, &folder)? {
+            components.push("safety_checker");
+        }
 
         // Sessions already open are held now, so closing other pipelines below cannot drop them.
         let mut held: HashMap<&'static str, SharedSession> = HashMap::new();
@@ -211,7 +218,9 @@ impl Engine {
         for (component, key, bytes) in missing {
             let path = folder.onnx(component);
             let part = part_of(component);
-            let session = if key.loras.is_empty() {
+            let session = if component == "safety_checker" {
+                safety::open_session(&self.env, &folder.root, self.device)?
+            } else if key.loras.is_empty() {
                 runtime::open_session(&self.env, &path, self.device)?
             } else {
                 let merge_started = Instant::now();
@@ -240,7 +249,8 @@ impl Engine {
                 .cloned()
                 .ok_or_else(|| EngineError::Runtime(format!("session {c} was not opened")))
         };
-        let sessions = Sessions::gather(&folder, take)?;
+        let mut sessions = Sessions::gather(&folder, take)?;
+        sessions.safety_checker = held.get("safety_checker").cloned();
         let pipeline = StableDiffusion::new(folder, sessions, &self.config)?;
         let load_secs = (load_started.elapsed() - merge_time).as_secs_f64();
         tracing::info!(%model, loras = ?loras, merged_layers, merge_secs = merge_time.as_secs_f64(), load_secs, added_mb = added_bytes >> 20, "pipeline opened");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::lora::merge::{MERGED_FILE, MergePlan};
-use super::onnx::OnnxModel;
+use super::onnx::{GraphEdit, OnnxModel};
 use super::{EngineConfig, EngineError};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
@@ -141,7 +141,9 @@ pub fn open_session(
     path: &Path,
     device: Device,
 ) -> Result<Session, EngineError> {
-    open_merged_session(env, path, device, None)
+    session_builder(env, path, device)?
+        .commit_from_file(path)
+        .map_err(|e| model_error(path, e))
 }
 
 /// Opens one model file as a session, with LoRA-merged weights when a plan is given: the session is created from
@@ -152,10 +154,34 @@ pub fn open_merged_session(
     device: Device,
     merged: Option<(&OnnxModel, &MergePlan)>,
 ) -> Result<Session, EngineError> {
-    let fail = |e: ort::Error| EngineError::Model {
+    match merged.filter(|(_, plan)| !plan.edit.is_empty()) {
+        Some((model, plan)) => open_edited_session(
+            env,
+            path,
+            device,
+            model,
+            &plan.edit,
+            Some(plan.data.clone()),
+        ),
+        None => open_session(env, path, device),
+    }
+}
+
+fn model_error(path: &Path, reason: impl std::fmt::Display) -> EngineError {
+    EngineError::Model {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+        reason: reason.to_string(),
+    }
+}
+
+/// A session builder for `device` with every graph optimisation.
+fn session_builder(
+    env: &Environment,
+    path: &Path,
+    device: Device,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    let fail = |e: ort::Error| model_error(path, e);
+    #[allow(unused_mut)]
     let mut builder = Session::builder(env)
         .map_err(fail)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -180,19 +206,31 @@ pub fn open_merged_session(
             ));
         }
     }
-    let Some((model, plan)) = merged.filter(|(_, plan)| !plan.edit.is_empty()) else {
-        return builder.commit_from_file(path).map_err(fail);
-    };
+    Ok(builder)
+}
+
+/// Opens `model` (read from `path`) with `edit` applied; `merged` is the content of [`MERGED_FILE`] when the edit
+/// reads values from it.
+pub fn open_edited_session(
+    env: &Environment,
+    path: &Path,
+    device: Device,
+    model: &OnnxModel,
+    edit: &GraphEdit,
+    merged: Option<Arc<[u8]>>,
+) -> Result<Session, EngineError> {
+    let fail = |e: ort::Error| model_error(path, e);
+    let mut builder = session_builder(env, path, device)?;
     // Once some external data is handed over in memory, ONNX Runtime looks for all of it there: the model's own
     // external data files are read and handed over too.
-    let mut files: Vec<(String, Arc<[u8]>)> = vec![(MERGED_FILE.to_string(), plan.data.clone())];
+    let mut files: Vec<(String, Arc<[u8]>)> = Vec::new();
+    if let Some(data) = merged {
+        files.push((MERGED_FILE.to_string(), data));
+    }
     for location in model.external_locations() {
         let bytes = model
             .read_external_file(&location)
-            .map_err(|e| EngineError::Model {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| model_error(path, e))?;
         files.push((location, bytes));
     }
     for (name, bytes) in files {
@@ -200,9 +238,6 @@ pub fn open_merged_session(
             .with_external_initializer_file_in_memory(name, bytes)
             .map_err(|e| fail(e.into()))?;
     }
-    let bytes = model.edited(&plan.edit).map_err(|e| EngineError::Model {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes = model.edited(edit).map_err(|e| model_error(path, e))?;
     builder.commit_from_memory(&bytes).map_err(fail)
 }

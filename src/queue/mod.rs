@@ -55,6 +55,7 @@ fn batch_of(jobs: &[LeasedJob]) -> Result<Batch, String> {
             steps: usize::try_from(first.steps)
                 .map_err(|_| format!("invalid steps {}", first.steps))?,
             scheduler,
+            strength: None,
         },
         items: jobs
             .iter()
@@ -64,6 +65,7 @@ fn batch_of(jobs: &[LeasedJob]) -> Result<Batch, String> {
                 seed: j.seed as u64,
                 guidance: j.guidance,
                 init_latents: None,
+                init_image: None,
             })
             .collect(),
     })
@@ -319,7 +321,8 @@ mod tests {
                 width: 64,
                 height: 64,
                 steps: 2,
-                scheduler: SchedulerKind::Ddim
+                scheduler: SchedulerKind::Ddim,
+                strength: None,
             }
         );
         assert_eq!(

@@ -1,12 +1,13 @@
-//! The real ONNX pipeline on the bundled small model: parity with diffusers, determinism, batch independence and
-//! hostile requests.
+//! The real ONNX pipeline on the bundled small model: parity with diffusers (text to image and image to image),
+//! determinism, batch independence and hostile requests.
 
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
-use huabi::engine::npy;
+use huabi::engine::photo::{self, PhotoLimits};
 use huabi::engine::{
-    Batch, BatchKey, EngineConfig, EngineError, Item, SchedulerKind, StableDiffusion,
+    Batch, BatchKey, EngineConfig, EngineError, Item, Picture, SchedulerKind, StableDiffusion,
+    Strength, npy,
 };
 
 fn root() -> PathBuf {
@@ -28,6 +29,7 @@ pub fn config(model_dir: &Path) -> EngineConfig {
         max_batch: 4,
         max_prompt_chars: 1000,
         aigc_provider: "huabi-test".into(),
+        safety: Default::default(),
     }
 }
 
@@ -46,6 +48,7 @@ fn item(prompt: &str, seed: u64) -> Item {
         seed,
         guidance: 7.5,
         init_latents: None,
+        init_image: None,
     }
 }
 
@@ -57,6 +60,7 @@ fn key(scheduler: SchedulerKind, steps: usize) -> BatchKey {
         height: 64,
         steps,
         scheduler,
+        strength: None,
     }
 }
 
@@ -93,6 +97,7 @@ fn every_scheduler_matches_the_diffusers_pipeline_within_1e_3() {
                 seed: reference["seed"].as_u64().expect("seed"),
                 guidance: 7.5,
                 init_latents: Some(latents.clone()),
+                init_image: None,
             }],
         };
         let got = generate(&batch).expect("generates").remove(0);
@@ -104,6 +109,90 @@ fn every_scheduler_matches_the_diffusers_pipeline_within_1e_3() {
         eprintln!("{kind}: max |huabi - diffusers| = {worst:e}");
         assert!(worst <= 1e-3, "{kind}: max |huabi - diffusers| = {worst}");
     }
+}
+
+#[test]
+fn img2img_matches_diffusers_for_every_scheduler_within_1e_3() {
+    let dir = root().join("tests/fixtures/diffusers");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("img2img.json")).expect("json"))
+            .expect("json");
+    let (_, noise) = npy::read_f32(&dir.join("img2img-noise.npy")).expect("noise");
+    let photo = std::fs::read(dir.join("photo.png")).expect("photo");
+    let limits = PhotoLimits {
+        max_bytes: 1 << 20,
+        max_pixels: 1 << 20,
+    };
+    let picture = Arc::new(photo::prepare(&photo, &limits, (64, 64)).expect("photo"));
+    let strength =
+        Strength::new(reference["strength"].as_f64().expect("strength")).expect("strength");
+    for kind in SchedulerKind::ALL {
+        let (_, want) = npy::read_f32(&dir.join(format!("img2img-{kind}.npy"))).expect("reference");
+        let batch = Batch {
+            key: BatchKey {
+                strength: Some(strength),
+                ..key(kind, reference["steps"].as_u64().expect("steps") as usize)
+            },
+            items: vec![Item {
+                prompt: reference["prompt"].as_str().expect("prompt").into(),
+                negative_prompt: String::new(),
+                seed: reference["seed"].as_u64().expect("seed"),
+                guidance: 7.5,
+                init_latents: Some(noise.clone()),
+                init_image: Some(picture.clone()),
+            }],
+        };
+        let got = generate(&batch).expect("generates").remove(0);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("img2img {kind}: max |huabi - diffusers| = {worst:e}");
+        assert!(
+            worst <= 1e-3,
+            "img2img {kind}: max |huabi - diffusers| = {worst}"
+        );
+    }
+}
+
+#[test]
+fn img2img_needs_a_picture_of_the_batch_size_and_a_useful_strength() {
+    let picture = Arc::new(Picture {
+        width: 64,
+        height: 64,
+        rgb: vec![0.5; 64 * 64 * 3],
+    });
+    let with = |strength: Option<f64>, image: Option<Arc<Picture>>| Batch {
+        key: BatchKey {
+            strength: strength.map(|s| Strength::new(s).expect("strength")),
+            ..key(SchedulerKind::Euler, 4)
+        },
+        items: vec![Item {
+            init_image: image,
+            ..item("a lantern", 1)
+        }],
+    };
+    assert!(generate(&with(Some(0.5), Some(picture.clone()))).is_ok());
+    let small = Arc::new(Picture {
+        width: 32,
+        height: 64,
+        rgb: vec![0.5; 32 * 64 * 3],
+    });
+    for (strength, image) in [
+        (Some(0.5), None),
+        (None, Some(picture.clone())),
+        (Some(0.5), Some(small)),
+        (Some(0.1), Some(picture)),
+    ] {
+        let error = generate(&with(strength, image)).expect_err("refused");
+        assert!(matches!(error, EngineError::Invalid(_)), "{error}");
+    }
+    assert!(
+        Strength::new(0.0).is_err()
+            && Strength::new(1.5).is_err()
+            && Strength::new(f64::NAN).is_err()
+    );
 }
 
 #[test]
@@ -264,6 +353,7 @@ fn hostile_requests_are_clear_errors() {
                 key: k.clone(),
                 items: vec![Item {
                     init_latents: Some(vec![0.0; 7]),
+                    init_image: None,
                     ..item("x", 1)
                 }],
             },

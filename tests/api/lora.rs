@@ -44,6 +44,7 @@ fn paint(model: &str, loras: Vec<LoraChoice>, negative: &str, latents: &str) -> 
             height: 64,
             steps: spec["steps"].as_u64().expect("steps") as usize,
             scheduler: SchedulerKind::Euler,
+            strength: None,
         },
         items: vec![Item {
             prompt: spec["prompt"].as_str().expect("prompt").into(),
@@ -51,6 +52,7 @@ fn paint(model: &str, loras: Vec<LoraChoice>, negative: &str, latents: &str) -> 
             seed: 7,
             guidance: spec["guidance"].as_f64().expect("guidance") as f32,
             init_latents: Some(latents),
+            init_image: None,
         }],
     };
     let mut engine = ENGINE.lock().expect("engine lock");
@@ -262,6 +264,7 @@ fn a_model_with_external_weights_takes_loras_too() {
             height: 64,
             steps: 4,
             scheduler: SchedulerKind::Euler,
+            strength: None,
         },
         items: vec![Item {
             prompt: "a photo of the moon, mid-autumn festival".into(),
@@ -269,6 +272,7 @@ fn a_model_with_external_weights_takes_loras_too() {
             seed: 7,
             guidance: 7.5,
             init_latents: Some(latents.clone()),
+            init_image: None,
         }],
     };
     for (loras, reference) in [

@@ -180,12 +180,17 @@ pub struct GraphEdit {
     pub revalue: Vec<(usize, ExternalData)>,
     /// New initializers: (name, index of the initializer whose shape and type it takes, its values).
     pub copies: Vec<(String, usize, ExternalData)>,
+    /// Values of the graph to return as extra outputs (their types are left to ONNX Runtime's inference).
+    pub outputs: Vec<String>,
 }
 
 impl GraphEdit {
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.rewire.is_empty() && self.revalue.is_empty() && self.copies.is_empty()
+        self.rewire.is_empty()
+            && self.revalue.is_empty()
+            && self.copies.is_empty()
+            && self.outputs.is_empty()
     }
 }
 
@@ -447,6 +452,11 @@ impl OnnxModel {
                 .external_tensor(initializer(*source)?, name, data)
                 .map_err(proto)?;
             put_bytes(&mut graph, 5, &message);
+        }
+        for name in &edit.outputs {
+            let mut value_info = Vec::with_capacity(name.len() + 2);
+            put_bytes(&mut value_info, 1, name.as_bytes());
+            put_bytes(&mut graph, 12, &value_info);
         }
         let mut out = Vec::with_capacity(self.bytes.len() + graph.len() - self.graph.len());
         out.extend_from_slice(&self.bytes[..self.graph_field.start]);

@@ -99,6 +99,7 @@ fn an_edit_revalues_copies_and_rewires_and_keeps_the_rest() {
         rewire: vec![(k.node, 1, "copy-of-k".into())],
         revalue: vec![(conv, data(0))],
         copies: vec![("copy-of-k".into(), k.initializer, data(64))],
+        outputs: vec!["/extra".into()],
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edited.onnx");

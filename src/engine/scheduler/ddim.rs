@@ -43,6 +43,10 @@ impl Ddim {
 }
 
 impl super::Scheduler for Ddim {
+    fn add_noise(&self, latents: &mut [f32], noise: &[f32], index: usize) {
+        super::add_noise_alpha(&self.alphas_cumprod, self.timesteps[index], latents, noise);
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }

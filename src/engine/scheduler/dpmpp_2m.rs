@@ -47,6 +47,13 @@ impl DpmPp2m {
 }
 
 impl super::Scheduler for DpmPp2m {
+    fn add_noise(&self, latents: &mut [f32], noise: &[f32], index: usize) {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
+        for (x, n) in latents.iter_mut().zip(noise) {
+            *x = alpha * *x + sigma * n;
+        }
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }

@@ -66,6 +66,10 @@ impl Euler {
 }
 
 impl super::Scheduler for Euler {
+    fn add_noise(&self, latents: &mut [f32], noise: &[f32], index: usize) {
+        super::add_noise_sigma(self.schedule.sigmas[index], latents, noise);
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.schedule.timesteps
     }

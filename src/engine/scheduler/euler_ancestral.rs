@@ -23,6 +23,10 @@ impl EulerAncestral {
 }
 
 impl super::Scheduler for EulerAncestral {
+    fn add_noise(&self, latents: &mut [f32], noise: &[f32], index: usize) {
+        super::add_noise_sigma(self.schedule.sigmas[index], latents, noise);
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.schedule.timesteps
     }

@@ -49,6 +49,10 @@ impl Lcm {
 }
 
 impl super::Scheduler for Lcm {
+    fn add_noise(&self, latents: &mut [f32], noise: &[f32], index: usize) {
+        super::add_noise_alpha(&self.alphas_cumprod, self.timesteps[index], latents, noise);
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }

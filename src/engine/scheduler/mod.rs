@@ -365,6 +365,28 @@ pub trait Scheduler: Send {
     /// Advances `sample` (in place) with the model's noise prediction at step `index`; `noise` supplies fresh
     /// Gaussian noise for ancestral schedulers.
     fn step(&mut self, index: usize, model_output: &[f32], sample: &mut [f32], noise: &mut Noise);
+    /// Noises clean latents (in place) to the level of step `index`, as img2img starts there (diffusers'
+    /// `add_noise` with the scheduler's begin index).
+    fn add_noise(&self, latents: &mut [f32], noise: &[f32], index: usize);
+}
+
+/// `add_noise` of the schedulers that work with ᾱ (DDPM's): √ᾱ_t·x + √(1 − ᾱ_t)·ε at timestep `t`.
+fn add_noise_alpha(alphas_cumprod: &[f32], t: f32, latents: &mut [f32], noise: &[f32]) {
+    let a = alphas_cumprod
+        .get(t.max(0.0) as usize)
+        .copied()
+        .unwrap_or(1.0);
+    let (signal, spread) = (a.sqrt(), (1.0 - a).sqrt());
+    for (x, n) in latents.iter_mut().zip(noise) {
+        *x = signal * *x + spread * n;
+    }
+}
+
+/// `add_noise` of the schedulers that work with σ: x + σ·ε.
+fn add_noise_sigma(sigma: f32, latents: &mut [f32], noise: &[f32]) {
+    for (x, n) in latents.iter_mut().zip(noise) {
+        *x += n * sigma;
+    }
 }
 
 /// Builds a scheduler of `kind` from the model's configuration for `steps` steps.
