@@ -11,14 +11,17 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::campaign;
+use crate::channel::MediaSource;
 use crate::channel::wechat::WechatChannel;
 use crate::channel::wechat::api::WechatApi;
 use crate::command::Catalog;
 use crate::config::Settings;
 use crate::deliver::Deliverer;
+use crate::deliver::media::WechatMedia;
 use crate::deliver::passive::PassiveReplies;
 use crate::deliver::token::TokenService;
 use crate::engine::EngineHandle;
+use crate::engine::translate::Translator;
 use crate::filter::{self, ContentFilter};
 use crate::http::{AppState, router};
 use crate::queue::Worker;
@@ -74,24 +77,6 @@ impl App {
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let (finished, _) = broadcast::channel(1024);
-        let worker = if roles.contains(&Role::Worker) {
-            let config = settings.engine.clone();
-            let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(config))
-                .await
-                .context("engine loader")?
-                .context("loading the engine")?;
-            Some(Worker::new(
-                store.clone(),
-                engine,
-                node_id("worker"),
-                settings.jobs.clone(),
-                settings.engine.max_batch,
-                settings.engine.aigc_provider.clone(),
-                finished.clone(),
-            ))
-        } else {
-            None
-        };
         let api = Arc::new(WechatApi::new(
             &settings.wechat.api_base,
             &settings.wechat.app_id,
@@ -103,6 +88,42 @@ impl App {
             api.clone(),
             node_id("token"),
         ));
+        let worker = if roles.contains(&Role::Worker) {
+            let config = settings.engine.clone();
+            let translate = settings.translate.clone();
+            let (engine, translator) = tokio::task::spawn_blocking(move || {
+                let engine = EngineHandle::spawn(config.clone())?;
+                let translator = Translator::open(&config, &translate)?;
+                Ok::<_, crate::engine::EngineError>((engine, translator))
+            })
+            .await
+            .context("engine loader")?
+            .context("loading the engine")?;
+            if translator.is_none() {
+                tracing::warn!(
+                    "HUABI__TRANSLATE__MODEL_DIR is not set: Chinese outside campaign glossaries goes to the text encoder as it is"
+                );
+            }
+            let media: Option<Arc<dyn MediaSource>> = api
+                .is_configured()
+                .then(|| Arc::new(WechatMedia::new(tokens.clone())) as Arc<dyn MediaSource>);
+            Some(
+                Worker::new(
+                    store.clone(),
+                    engine,
+                    node_id("worker"),
+                    settings.jobs.clone(),
+                    settings.engine.max_batch,
+                    settings.engine.aigc_provider.clone(),
+                    finished.clone(),
+                )
+                .with_translator(translator.map(Arc::new))
+                .with_media(media)
+                .with_replies(settings.replies.clone(), settings.safety.keep_flagged),
+            )
+        } else {
+            None
+        };
         let deliverer = match roles.contains(&Role::Deliver) {
             true if api.is_configured() => Some(Deliverer::new(
                 store.clone(),

@@ -168,6 +168,10 @@ pub struct JobSettings {
     pub max_attempts: i32,
     /// Idle worker's poll tick, in seconds.
     pub poll_secs: f64,
+    /// Largest photo file painted from, in bytes.
+    pub max_photo_bytes: usize,
+    /// Largest photo painted from, in pixels (width × height); larger ones are refused before decoding.
+    pub max_photo_pixels: u64,
 }
 
 /// `[delivery]`: the fast path, the fetch flow and the deliverers.
@@ -291,6 +295,19 @@ pub struct ReplySettings {
     pub busy: String,
     /// A deny-listed follower.
     pub denied: String,
+    /// A picture the safety check stopped (it is not delivered).
+    #[serde(rename = "unsafe")]
+    pub unsafe_picture: String,
+    /// A photo taken for painting in a photo campaign.
+    pub photo_received: String,
+    /// A photo over the size limits; `{max_mb}` and `{max_megapixels}` are filled in.
+    pub photo_too_large: String,
+    /// A photo that cannot be read.
+    pub photo_unreadable: String,
+    /// A photo the platform no longer gives out.
+    pub photo_missing: String,
+    /// Added to 进度 when the follower's latest painting was translated; `{prompt}` is the English painted.
+    pub status_painted_as: String,
 }
 
 /// `[log]`.

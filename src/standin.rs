@@ -1,6 +1,7 @@
-//! A local stand-in for the parts of WeChat's API huabi calls (`stable_token`, `media/upload`,
+//! A local stand-in for the parts of WeChat's API huabi calls (`stable_token`, `media/upload`, `media/get`,
 //! `material/add_material`, `material/del_material`, `message/custom/send`), for tests and for trying huabi
-//! without an account (`huabi standin`). It checks requests the way WeChat does (token, multipart field `media`,
+//! without an account (`huabi standin`; `POST /_standin/media?media_id=…` with a picture as the body plays a
+//! follower's photo, for image messages that name it). It checks requests the way WeChat does (token, multipart field `media`,
 //! a file name with an extension, JPEG ≤ 2 MB, known media ids), records what it received, and injects faults:
 //! busy (-1), rate limit (45009), a real token expiry (the current token stops working: 40001), and stalls
 //! longer than the caller's timeout.
@@ -132,6 +133,8 @@ pub struct Record {
     pub sends: Vec<SendRecord>,
     /// Permanent material deleted.
     pub deleted: Vec<String>,
+    /// Media handed out by `media/get`.
+    pub downloads: Vec<String>,
     /// Requests refused as malformed (`code: reason`).
     pub refused: Vec<String>,
 }
@@ -189,6 +192,13 @@ impl StandIn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes `bytes` available as temporary media `media_id`, as a follower's photo is once they send it.
+    pub fn add_media(&self, media_id: &str, bytes: Vec<u8>) {
+        self.lock()
+            .media
+            .insert(media_id.to_string(), Arc::new(bytes));
+    }
+
     /// What it has received so far.
     pub fn record(&self) -> Record {
         self.lock().record.clone()
@@ -202,7 +212,9 @@ impl StandIn {
             .route("/cgi-bin/material/add_material", post(upload_permanent))
             .route("/cgi-bin/material/del_material", post(delete_material))
             .route("/cgi-bin/message/custom/send", post(custom_send))
+            .route("/cgi-bin/media/get", get(get_media))
             .route("/_standin/record", get(record))
+            .route("/_standin/media", post(add_media))
             .layer(DefaultBodyLimit::max(4 * MAX_IMAGE_BYTES))
             .with_state(self.clone())
     }
@@ -547,6 +559,57 @@ async fn custom_send(
     tracing::info!(touser = %record.touser, msgtype = %record.msgtype, "custom/send");
     state.record.sends.push(record);
     Json(ok())
+}
+
+/// `media/get`: the bytes of temporary media, or WeChat's JSON error.
+async fn get_media(
+    State(s): State<StandIn>,
+    Query(query): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(fault) = s.faulted(true).await {
+        return Json(fault).into_response();
+    }
+    if let Err(e) = s.check_token(&query) {
+        return Json(e).into_response();
+    }
+    let id = query.get("media_id").cloned().unwrap_or_default();
+    let found = s.lock().media.get(&id).cloned();
+    let Some(bytes) = found else {
+        return Json(s.refuse(40007, "invalid media_id")).into_response();
+    };
+    s.lock().record.downloads.push(id.clone());
+    let kind = if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, kind.to_string()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.jpg\""),
+            ),
+        ],
+        bytes.to_vec(),
+    )
+        .into_response()
+}
+
+/// `POST /_standin/media?media_id=…`: a follower's photo, for trying image messages by hand.
+async fn add_media(
+    State(s): State<StandIn>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Json<Value> {
+    match query.get("media_id").filter(|id| !id.is_empty()) {
+        Some(id) => {
+            s.add_media(id, body.to_vec());
+            Json(ok())
+        }
+        None => Json(error(40007, "media_id missing")),
+    }
 }
 
 async fn record(State(s): State<StandIn>) -> Json<Record> {

@@ -39,7 +39,7 @@ pub fn first_day(since: &str, today: Date) -> Result<Date, SinceError> {
     .map_err(|_| bad())
 }
 
-const HEADER: [&str; 12] = [
+const HEADER: [&str; 13] = [
     "day",
     "campaign",
     "channel",
@@ -50,11 +50,12 @@ const HEADER: [&str; 12] = [
     "painted",
     "delivered",
     "failed",
+    "flagged",
     "p50_secs",
     "p95_secs",
 ];
 
-fn cells(row: &UsageRow) -> [String; 12] {
+fn cells(row: &UsageRow) -> [String; 13] {
     let secs = |v: Option<f64>| v.map_or(String::new(), |s| format!("{s:.2}"));
     [
         row.day.clone(),
@@ -67,6 +68,7 @@ fn cells(row: &UsageRow) -> [String; 12] {
         row.painted.to_string(),
         row.delivered.to_string(),
         row.failed.to_string(),
+        row.flagged.to_string(),
         secs(row.p50_secs),
         secs(row.p95_secs),
     ]
@@ -124,7 +126,7 @@ pub fn render(rows: &[UsageRow], format: UsageFormat) -> String {
             out
         }
         UsageFormat::Table => {
-            let body: Vec<[String; 12]> = rows.iter().map(cells).collect();
+            let body: Vec<[String; 13]> = rows.iter().map(cells).collect();
             let width = |i: usize| {
                 body.iter()
                     .map(|r| r[i].chars().count())
@@ -165,6 +167,7 @@ mod tests {
             painted: 5,
             delivered: 4,
             failed: 0,
+            flagged: 0,
             p50_secs: Some(3.14659),
             p95_secs: None,
         }
@@ -195,7 +198,7 @@ mod tests {
         let csv = render(&rows, UsageFormat::Csv);
         assert_eq!(
             csv.lines().nth(1),
-            Some("2027-09-10,\"mid,autumn\",wechat,8,5,1,2,5,4,0,3.15,")
+            Some("2027-09-10,\"mid,autumn\",wechat,8,5,1,2,5,4,0,0,3.15,")
         );
         let json: serde_json::Value =
             serde_json::from_str(&render(&rows, UsageFormat::Json)).expect("json");

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::auth::Role;
 use super::pages::state_word;
 use super::{Admin, AdminError, AdminResult, audit, html, see_other};
-use crate::campaign::{self, Campaign, CampaignReplies};
+use crate::campaign::{self, Campaign, CampaignReplies, PhotoMode};
 use crate::command::PaintRequest;
 use crate::http::AppState;
 use crate::model::LoraChoice;
@@ -131,6 +131,14 @@ fn form_of(c: &Campaign) -> CampaignForm {
     put("received", c.replies.received.clone());
     put("not_started", c.replies.not_started.clone());
     put("ended", c.replies.ended.clone());
+    if let Some(photo) = &c.photo {
+        put("photo_template", photo.template.clone());
+        put("photo_strength", photo.strength.to_string());
+        put("photo_width", photo.width.to_string());
+        put("photo_height", photo.height.to_string());
+        put("photo_negative_prompt", photo.negative_prompt.clone());
+        put("photo_received", photo.received.clone());
+    }
     CampaignForm {
         fields,
         glossary: c.glossary.clone().into_iter().collect(),
@@ -166,6 +174,31 @@ fn split_list(text: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// The form's `[photo]`: none when its template is empty.
+fn photo_of(
+    form: &CampaignForm,
+    number: &dyn Fn(&str) -> Result<u32, String>,
+) -> Result<Option<PhotoMode>, String> {
+    let template = form.get("photo_template").trim();
+    if template.is_empty() {
+        return Ok(None);
+    }
+    let strength = match form.get("photo_strength").trim() {
+        "" => 0.6,
+        text => text
+            .parse::<f64>()
+            .map_err(|_| format!("photo strength must be a number, not {text:?}"))?,
+    };
+    Ok(Some(PhotoMode {
+        strength,
+        template: template.to_string(),
+        negative_prompt: form.get("photo_negative_prompt").trim().to_string(),
+        width: number("photo_width")?,
+        height: number("photo_height")?,
+        received: form.get("photo_received").trim().to_string(),
+    }))
 }
 
 /// The campaign the form describes, refused with the reason a TOML import would give.
@@ -213,6 +246,7 @@ fn campaign_of(form: &CampaignForm) -> Result<Campaign, String> {
             ended: form.get("ended").trim().to_string(),
         },
         glossary: form.glossary.iter().cloned().collect(),
+        photo: photo_of(form, &number)?,
     };
     campaign.validate().map_err(|e| e.to_string())?;
     Ok(campaign)

@@ -185,7 +185,13 @@ async fn fetch(
             },
             Some(job_id),
         ),
-        Waiting::Failed { job_id } => (text(&replies.failed), Some(job_id)),
+        Waiting::Failed { job_id } => {
+            let notice = state.store.failure_notice(job_id).await?;
+            (
+                text(notice.as_deref().unwrap_or(&replies.failed)),
+                Some(job_id),
+            )
+        }
         Waiting::InProgress => (text(&replies.fetch_pending), None),
         Waiting::Nothing => (text(&replies.fetch_nothing), None),
     };

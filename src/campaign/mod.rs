@@ -110,6 +110,54 @@ pub struct Campaign {
     /// 中文 → English, applied to the subject, longest entries first.
     #[serde(default)]
     pub glossary: BTreeMap<String, String>,
+    /// Painting from followers' photos while the campaign runs (img2img); `None` = photos are not painted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo: Option<PhotoMode>,
+}
+
+/// A campaign's `[photo]`: a follower's photo becomes an img2img job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhotoMode {
+    /// How much of the photo is repainted, above 0 and at most 1 (the share of the steps run).
+    #[serde(default = "default_strength")]
+    pub strength: f64,
+    /// The prompt painted over a photo; `{subject}`, if present, is the campaign's default subject.
+    pub template: String,
+    /// Negative prompt; empty = the campaign's.
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// Picture width; 0 = the campaign's.
+    #[serde(default)]
+    pub width: u32,
+    /// Picture height; 0 = the campaign's.
+    #[serde(default)]
+    pub height: u32,
+    /// Answer to a photo taken for painting; empty = `replies.photo_received`.
+    #[serde(default)]
+    pub received: String,
+}
+
+fn default_strength() -> f64 {
+    0.6
+}
+
+impl PhotoMode {
+    /// The size photos are painted at, given the campaign's.
+    pub fn size(&self, campaign: (u32, u32)) -> (u32, u32) {
+        (
+            if self.width == 0 {
+                campaign.0
+            } else {
+                self.width
+            },
+            if self.height == 0 {
+                campaign.1
+            } else {
+                self.height
+            },
+        )
+    }
 }
 
 /// Where `now` falls relative to a campaign's window.
@@ -190,7 +238,38 @@ impl Campaign {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("a LoRA is listed twice".into()));
         }
+        if let Some(photo) = &self.photo {
+            if !(photo.strength.is_finite() && photo.strength > 0.0 && photo.strength <= 1.0) {
+                return Err(invalid(
+                    "[photo] strength must be above 0 and at most 1".into(),
+                ));
+            }
+            if (f64::from(self.steps) * photo.strength) < 1.0 {
+                return Err(invalid(format!(
+                    "[photo] strength {} runs none of the {} steps",
+                    photo.strength, self.steps
+                )));
+            }
+            if photo.template.trim().is_empty() {
+                return Err(invalid("[photo] needs a template".into()));
+            }
+            let (width, height) = photo.size((self.width, self.height));
+            if !sized(width) || !sized(height) {
+                return Err(invalid(
+                    "[photo] width and height must be 0 or multiples of 8 from 64 to 2048".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The prompt painted over a follower's photo.
+    pub fn photo_prompt(&self) -> Option<String> {
+        let photo = self.photo.as_ref()?;
+        Some(photo.template.replace(
+            "{subject}",
+            translate(&self.default_subject, &self.glossary).trim(),
+        ))
     }
 
     /// Checks the model and LoRAs against `catalog`: the model exists, every LoRA exists and every key of it fits
@@ -392,6 +471,14 @@ impl Campaigns {
             .iter()
             .rev()
             .find(|c| c.menu_keys.iter().any(|k| k == key))
+    }
+
+    /// The campaign running at `now` that paints photos (the one that started last), if any.
+    pub fn photo_campaign(&self, now: OffsetDateTime) -> Option<&Campaign> {
+        self.all
+            .iter()
+            .filter(|c| c.photo.is_some() && c.window(now) == Window::Open)
+            .max_by_key(|c| c.window_times().map(|(start, _)| start).ok())
     }
 
     /// The campaign running at `now` (the one that started last), if any.

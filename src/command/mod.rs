@@ -10,7 +10,9 @@ use crate::channel::{Event, InboundKind, Reply};
 use crate::config::{ReplySettings, Settings};
 use crate::filter::ContentFilter;
 use crate::limits::{Limits, Listing};
-use crate::store::{LimitCheck, NewJob, QueueStatus, Refusal, RefusalReason, RefusalTexts};
+use crate::store::{
+    LimitCheck, NewJob, PhotoJob, QueueStatus, Refusal, RefusalReason, RefusalTexts,
+};
 pub use grammar::PaintRequest;
 use grammar::{Command, Grammar, sized};
 
@@ -115,7 +117,10 @@ pub fn plan(
             recognition: Some(words),
         } => plan_text(words, settings, catalog, now),
         InboundKind::Voice { recognition: None } => Plan::Reply(text(&replies.voice_unrecognized)),
-        InboundKind::Image { .. } => Plan::Reply(text(&replies.unsupported)),
+        InboundKind::Image { media_id } => match catalog.campaigns.photo_campaign(now) {
+            Some(campaign) => plan_photo(campaign, media_id, settings),
+            None => Plan::Reply(text(&replies.unsupported)),
+        },
         InboundKind::Event(Event::Subscribe { .. }) => welcome(catalog.campaigns.active(now)),
         InboundKind::Event(Event::Click { key }) => match catalog.campaigns.by_menu_key(key) {
             Some(campaign) => match campaign.window(now) {
@@ -212,6 +217,30 @@ fn plan_text(words: &str, settings: &Settings, catalog: &Catalog, now: OffsetDat
             None,
             error.to_string(),
         ),
+    }
+}
+
+/// A photo sent while `campaign` paints photos: an img2img job with the campaign's photo template.
+fn plan_photo(campaign: &Campaign, media_id: &str, settings: &Settings) -> Plan {
+    let Some(photo) = &campaign.photo else {
+        return Plan::Reply(text(&settings.replies.unsupported));
+    };
+    let (width, height) = photo.size((campaign.width, campaign.height));
+    let job = NewJob {
+        prompt: campaign.photo_prompt().unwrap_or_default(),
+        negative_prompt: either(&photo.negative_prompt, &campaign.negative_prompt).to_string(),
+        width,
+        height,
+        photo: Some(PhotoJob {
+            media_id: media_id.to_string(),
+            strength: photo.strength,
+        }),
+        ..campaign_job(campaign, &PaintRequest::default(), settings)
+    };
+    let reply = either(&photo.received, &settings.replies.photo_received);
+    Plan::Paint {
+        job,
+        reply: text(reply),
     }
 }
 
@@ -390,8 +419,13 @@ pub fn quota_reply(used_today: i64, settings: &Settings) -> Reply {
 
 /// The answer to 进度.
 pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
+    let painted_as = status
+        .painted_prompt
+        .as_deref()
+        .map(|prompt| replies.status_painted_as.replace("{prompt}", prompt))
+        .unwrap_or_default();
     if status.open == 0 {
-        return text(&replies.status_idle);
+        return text(&format!("{}{painted_as}", replies.status_idle));
     }
     let eta = if status.finished_recently > 0 {
         let per_sec = status.finished_recently as f64 / 600.0;
@@ -412,6 +446,7 @@ pub fn status_reply(status: QueueStatus, replies: &ReplySettings) -> Reply {
     if let Some(model) = &status.waiting_for_model {
         reply.push_str(&replies.status_waiting_model.replace("{model}", model));
     }
+    reply.push_str(&painted_as);
     text(&reply)
 }
 
@@ -681,6 +716,7 @@ mod tests {
             open,
             ahead,
             finished_recently,
+            painted_prompt: None,
         };
         assert_eq!(status_reply(status(0, 5, 100), &r), text(&r.status_idle));
         let Reply::Text { text: queued } = status_reply(status(1, 9, 600), &r) else {

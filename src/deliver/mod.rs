@@ -2,6 +2,7 @@
 //! message (or tell the follower a painting failed), retry transient errors with backoff and jitter, and keep what
 //! cannot be sent for the fetch flow. [`passive`] answers a webhook request with the picture itself.
 
+pub mod media;
 pub mod passive;
 pub mod token;
 
@@ -113,7 +114,8 @@ impl Deliverer {
         } else if task.is_picture() {
             self.send_picture(&task).await
         } else {
-            let (text, user) = (self.failed_text.as_str(), task.user_id.as_str());
+            let text = task.notice.as_deref().unwrap_or(&self.failed_text);
+            let user = task.user_id.as_str();
             let api = self.tokens.api();
             self.tokens
                 .call(|t| async move { api.send_text(&t, user, text).await })

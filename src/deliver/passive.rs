@@ -167,8 +167,9 @@ impl PassiveReplies {
         answer_by: Instant,
     ) -> Option<Reply> {
         let reply = if status == "failed" {
+            let notice = self.store.failure_notice(job_id).await.ok().flatten();
             Ok(Reply::Text {
-                text: self.replies.failed.clone(),
+                text: notice.unwrap_or_else(|| self.replies.failed.clone()),
             })
         } else {
             tokio::time::timeout_at(answer_by, self.upload(job_id))

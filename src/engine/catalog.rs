@@ -172,6 +172,19 @@ impl ModelCatalog {
         &self.default_name
     }
 
+    /// Whether `model`'s text encoder reads Chinese itself (its vocabulary is largely Chinese, as in the Chinese
+    /// SD 1.5 variants' BERT encoders), so its prompts are not translated. `""` is the default model.
+    pub fn reads_chinese(&self, model: &str) -> bool {
+        let model = if model.is_empty() {
+            self.default_model()
+        } else {
+            model
+        };
+        self.model_dir(model)
+            .map(|dir| super::tokenizer::reads_chinese(&dir.join("tokenizer")))
+            .unwrap_or(false)
+    }
+
     /// The folder holding the LoRAs.
     pub fn loras_dir(&self) -> PathBuf {
         self.models_dir.join("loras")

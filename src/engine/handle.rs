@@ -5,6 +5,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::encode::{self, WECHAT_JPEG_BUDGET};
 use super::label::{AigcRecord, draw_visible_label};
+use super::safety::Verdict;
 use super::{Batch, Engine, EngineConfig, EngineError, Generated, ModelCatalog, StageTimings};
 
 struct Job {
@@ -24,6 +25,8 @@ pub struct EngineHandle {
 pub struct LabelledJpeg {
     /// JPEG bytes (≤ 2 MB) with the visible mark and the AIGC record.
     pub jpeg: Vec<u8>,
+    /// The safety checker's verdict (`None` when the model's pictures are not checked).
+    pub verdict: Option<Verdict>,
 }
 
 impl EngineHandle {
@@ -103,11 +106,12 @@ impl EngineHandle {
             generated
                 .pictures
                 .into_iter()
+                .zip(generated.verdicts)
                 .zip(records)
-                .map(|(mut picture, record)| {
+                .map(|((mut picture, verdict), record)| {
                     draw_visible_label(&mut picture);
                     encode::jpeg(&picture, &record, WECHAT_JPEG_BUDGET)
-                        .map(|jpeg| LabelledJpeg { jpeg })
+                        .map(|jpeg| LabelledJpeg { jpeg, verdict })
                         .map_err(|e| EngineError::Inference(format!("encoding: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -162,6 +162,35 @@ impl ClipTokenizer {
     }
 }
 
+/// Whether the tokenizer in `dir` reads Chinese: at least a tenth of its vocabulary (or 1000 tokens) holds Chinese
+/// characters. CLIP's byte-level vocabulary holds none (it spells Chinese as bytes it was never trained on); the BERT
+/// and XLM-R vocabularies of Chinese and multilingual encoders hold thousands. Remembered per folder.
+pub fn reads_chinese(dir: &Path) -> bool {
+    static SEEN: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, bool>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    *seen.entry(dir.to_path_buf()).or_insert_with(|| {
+        let tokens: Vec<String> =
+            if let Ok(tokenizer) = Tokenizer::from_file(dir.join("tokenizer.json")) {
+                tokenizer.get_vocab(true).into_keys().collect()
+            } else if let Ok(text) = std::fs::read_to_string(dir.join("vocab.txt")) {
+                text.lines().map(str::to_string).collect()
+            } else if let Ok(text) = std::fs::read_to_string(dir.join("vocab.json")) {
+                serde_json::from_str::<std::collections::HashMap<String, u32>>(&text)
+                    .map(|v| v.into_keys().collect())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+        let chinese = tokens
+            .iter()
+            .filter(|t| t.chars().any(crate::engine::translate::is_han))
+            .count();
+        !tokens.is_empty() && (chinese >= 1000 || chinese * 10 >= tokens.len())
+    })
+}
+
 /// huabi's normalisation before CLIP's own: full-width forms become half-width (NFKC: ，！？：；（） and Ａ１ become
 /// ,!?:;() and A1), CJK punctuation NFKC keeps becomes its ASCII counterpart (。、「」『』【】《》〈〉～), zero-width
 /// characters vanish, and whitespace runs collapse. Chinese characters themselves are kept: CLIP's byte-level

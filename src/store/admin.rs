@@ -184,6 +184,16 @@ pub struct JobDetail {
     pub batch_size: Option<i32>,
     /// Whether a picture is stored.
     pub has_image: bool,
+    /// The English the prompt was painted from, when it was translated.
+    pub painted_prompt: Option<String>,
+    /// Milliseconds the translation took.
+    pub translate_ms: Option<f64>,
+    /// img2img: the photo's media id.
+    pub photo_media_id: Option<String>,
+    /// img2img strength (0 = from text).
+    pub strength: f64,
+    /// Why it failed for good, when a reason is known (`unsafe`, `photo_too_large`, …).
+    pub fail_reason: Option<String>,
 }
 
 impl JobDetail {
@@ -195,6 +205,9 @@ impl JobDetail {
         let mut parts = Vec::new();
         if let Some(started) = self.started_at {
             parts.push(format!("waited {}", secs(self.created_at, started)));
+            if let Some(ms) = self.translate_ms {
+                parts.push(format!("translated {ms:.0} ms"));
+            }
             if let Some(finished) = self.finished_at {
                 parts.push(format!("painted {}", secs(started, finished)));
                 if let Some(delivered) = self.delivered_at {
@@ -347,7 +360,8 @@ pub const PREVIEW_ACCOUNT: &str = "preview";
 pub(super) const JOB_DETAIL: &str = "j.id, j.channel, j.account, j.user_id, j.campaign, j.prompt, j.negative_prompt,
     j.model, j.loras, j.width, j.height, j.steps, j.seed, j.status, j.attempts, j.error, j.held, j.delivery_error,
     j.delivered_via, j.created_at, j.started_at, j.finished_at, j.delivered_at, j.batch_size,
-    EXISTS (SELECT 1 FROM job_images i WHERE i.job_id = j.id) AS has_image";
+    EXISTS (SELECT 1 FROM job_images i WHERE i.job_id = j.id) AS has_image, j.painted_prompt, j.translate_ms,
+    j.photo_media_id, j.strength, j.fail_reason";
 
 /// Implements [`AdminStore`] for a store type: `$read`/`$write` are its pool fields, `$sql` prepares a statement
 /// for its dialect, `$time` turns an `OffsetDateTime` into what it binds, `$by_hour` is its hourly usage query.

@@ -245,6 +245,17 @@ pub struct NewJob {
     /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
     /// which the request itself may answer with the picture.
     pub deliver_after_secs: f64,
+    /// img2img: the follower's photo to paint from.
+    pub photo: Option<PhotoJob>,
+}
+
+/// The photo an img2img job paints from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhotoJob {
+    /// The platform's media id of the photo (fetched by the worker through the platform's media API).
+    pub media_id: String,
+    /// How much of it is repainted, in (0, 1].
+    pub strength: f64,
 }
 
 impl NewJob {
@@ -263,6 +274,7 @@ impl NewJob {
             loras: Vec::new(),
             seed: None,
             deliver_after_secs: 0.0,
+            photo: None,
         }
     }
 }
@@ -345,6 +357,18 @@ pub struct LeasedJob {
     pub model: String,
     /// The LoRA set, canonical JSON (`[{"name":…,"scale":…}]`).
     pub loras: String,
+    /// The channel the request came from.
+    pub channel: String,
+    /// The account it came to.
+    pub account: String,
+    /// The prompt as an earlier attempt translated it.
+    pub painted_prompt: Option<String>,
+    /// The negative prompt as an earlier attempt translated it.
+    pub painted_negative: Option<String>,
+    /// img2img: the photo's media id.
+    pub photo_media_id: Option<String>,
+    /// img2img strength (0 for text to image).
+    pub strength: f64,
 }
 
 /// What one worker can paint, as it last said.
@@ -383,6 +407,30 @@ pub struct ModelQueue {
     pub workers: i64,
 }
 
+/// A job's prompts as painted after translation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Painted<'a> {
+    /// The prompt painted, when translation changed it.
+    pub prompt: Option<&'a str>,
+    /// The negative prompt painted, when translation changed it.
+    pub negative: Option<&'a str>,
+    /// Milliseconds translating took.
+    pub translate_ms: f64,
+}
+
+/// Why a worker ends a job for good, and what the follower is told.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobRefusal<'a> {
+    /// `unsafe`, `photo_too_large`, `photo_unreadable` or `photo_missing`.
+    pub reason: &'a str,
+    /// The text the follower gets instead of a picture.
+    pub notice: &'a str,
+    /// Details for operators.
+    pub error: &'a str,
+    /// A flagged picture kept for review.
+    pub jpeg: Option<&'a [u8]>,
+}
+
 /// What happened to a job a worker gave up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobFate {
@@ -411,6 +459,8 @@ pub struct DeliveryTask {
     pub media_id: Option<String>,
     /// Delivery leases taken so far, this one included.
     pub delivery_attempts: i32,
+    /// What to tell the follower of a failed job, when the job says (else the generic failure text).
+    pub notice: Option<String>,
 }
 
 impl DeliveryTask {
@@ -553,6 +603,8 @@ pub struct UsageRow {
     pub delivered: i64,
     /// Failed for good.
     pub failed: i64,
+    /// Pictures the safety check stopped (failed with reason `unsafe`).
+    pub flagged: i64,
     /// Median seconds from ack to delivery.
     pub p50_secs: Option<f64>,
     /// 95th percentile of the same.
@@ -570,6 +622,8 @@ pub struct QueueStatus {
     pub finished_recently: i64,
     /// The model of the follower's oldest open job when no live worker paints it (with its LoRAs), else `None`.
     pub waiting_for_model: Option<String>,
+    /// The English the follower's latest job was painted from, when its prompt was translated.
+    pub painted_prompt: Option<String>,
 }
 
 /// The timeline of one job, for benchmarks and operators.
@@ -690,6 +744,25 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     ) -> Result<JobFate, StoreError>;
     /// Fails running jobs whose lease expired with no attempts left; returns their ids.
     async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError>;
+    /// Records, under the lease `worker` holds, the English a job's Chinese was painted from and the milliseconds the
+    /// translation took; false when the lease is gone.
+    async fn save_translation(
+        &self,
+        id: i64,
+        worker: &str,
+        painted: &Painted<'_>,
+    ) -> Result<bool, StoreError>;
+    /// Ends a leased job as failed for good for a reason no retry changes (a flagged picture, a refused photo):
+    /// `reason` is stored for usage, `notice` is what the follower is told, `jpeg` (a flagged picture kept for
+    /// review) is stored when given. False when the lease is gone.
+    async fn refuse_job(
+        &self,
+        id: i64,
+        worker: &str,
+        refusal: &JobRefusal<'_>,
+    ) -> Result<bool, StoreError>;
+    /// What a failed job's follower is told, when the job says (else the generic failure text applies).
+    async fn failure_notice(&self, id: i64) -> Result<Option<String>, StoreError>;
     /// Puts the jobs `worker` holds back in the queue without counting the attempt, and lets go of the finished
     /// jobs it was delivering (graceful shutdown).
     async fn release_leases(&self, worker: &str) -> Result<u64, StoreError>;
@@ -861,10 +934,25 @@ type RequestRow = (
     Option<String>,
     String,
     String,
+    Option<String>,
+    f64,
 );
 
 fn new_job(
-    (prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign, model, loras): RequestRow,
+    (
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        scheduler,
+        guidance,
+        campaign,
+        model,
+        loras,
+        photo,
+        strength,
+    ): RequestRow,
 ) -> NewJob {
     let positive = |v: i32| u32::try_from(v).unwrap_or(0);
     NewJob {
@@ -880,12 +968,14 @@ fn new_job(
         campaign,
         seed: None,
         deliver_after_secs: 0.0,
+        photo: photo.map(|media_id| PhotoJob { media_id, strength }),
     }
 }
 
 /// The follower's most recent request (both DBs).
 const LAST_REQUEST: &str = "
-SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign, model, loras FROM jobs
+SELECT prompt, negative_prompt, width, height, steps, scheduler, guidance, campaign, model, loras, photo_media_id,
+    strength FROM jobs
 WHERE channel = $1 AND account = $2 AND user_id = $3 ORDER BY id DESC LIMIT 1";
 
 /// Inserts a campaign unless it exists (`$1` name, `$2` definition; both DBs).

@@ -9,11 +9,11 @@ use tokio::sync::{Notify, broadcast};
 use super::{
     AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
     Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN,
-    INSERT_REVISION, JobFate, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LimitCheck,
-    LockedUsage, ModelQueue, NewJob, QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH,
-    REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store, StoreError, StoredCampaign, Submission,
-    UsageRow, Waiting, account_state, campaign_changes, decode_reply, encode_reply, fate, limits,
-    new_job, refused_submission, source_msg_id, waiting,
+    INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob,
+    LimitCheck, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus, RELEASE_IN_FLIGHT,
+    RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store, StoreError,
+    StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply,
+    encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -32,40 +32,40 @@ WITH inbound AS (
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign,
-                      model, loras)
+                      model, loras, photo_media_id, strength)
     SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18,
-           $22, $23
+           $22, $23, $24, $25
     FROM inbound WHERE $9::text IS NOT NULL
     RETURNING id
 )
 SELECT (SELECT id FROM inbound) AS inbound_id, (SELECT id FROM job) AS job_id";
 
-/// [`SUBMIT`] with the per-follower limits decided inside it (`$24` day, `$25` minute, `$26`-`$28` per day, per
-/// minute and in flight, 0 = unlimited; `$29` the refusal's reply, provisionally).
+/// [`SUBMIT`] with the per-follower limits decided inside it (`$26` day, `$27` minute, `$28`-`$30` per day, per
+/// minute and in flight, 0 = unlimited; `$31` the refusal's reply, provisionally).
 const SUBMIT_LIMITED: &str = "
 WITH inbound AS (
     INSERT INTO inbound_messages (channel, account, dedup_key, user_id, msg_id, kind, reply,
                                   decision, campaign, decision_detail, refusal_reply)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $19, $20, $21, $29)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $19, $20, $21, $31)
     ON CONFLICT (channel, account, dedup_key) DO NOTHING
     RETURNING id
 ), quota AS (
     INSERT INTO follower_usage AS u (channel, account, user_id, day, day_count, minute, minute_count, in_flight)
-    SELECT $1, $2, $4, $24, 1, $25, 1, 1 FROM inbound
+    SELECT $1, $2, $4, $26, 1, $27, 1, 1 FROM inbound
     ON CONFLICT (channel, account, user_id) DO UPDATE SET
         day_count = CASE WHEN u.day = excluded.day THEN u.day_count + 1 ELSE 1 END, day = excluded.day,
         minute_count = CASE WHEN u.minute = excluded.minute THEN u.minute_count + 1 ELSE 1 END,
         minute = excluded.minute, in_flight = u.in_flight + 1
-    WHERE ($26 = 0 OR u.day <> excluded.day OR u.day_count < $26)
-      AND ($27 = 0 OR u.minute <> excluded.minute OR u.minute_count < $27)
-      AND ($28 = 0 OR u.in_flight < $28)
+    WHERE ($28 = 0 OR u.day <> excluded.day OR u.day_count < $28)
+      AND ($29 = 0 OR u.minute <> excluded.minute OR u.minute_count < $29)
+      AND ($30 = 0 OR u.in_flight < $30)
     RETURNING 1
 ), job AS (
     INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
                       negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign,
-                      model, loras)
+                      model, loras, photo_media_id, strength)
     SELECT $1, $2, $4, $8, $9, inbound.id, $10, $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18,
-           $22, $23
+           $22, $23, $24, $25
     FROM inbound, quota
     RETURNING id
 )
@@ -75,7 +75,7 @@ SELECT (SELECT id FROM inbound), (SELECT id FROM job)";
 /// are locking right now.
 const LEASE: &str = "
 WITH head AS (
-    SELECT model, loras, width, height, steps, scheduler FROM jobs
+    SELECT model, loras, width, height, steps, scheduler, strength FROM jobs
     WHERE (status = 'queued' OR (status = 'running' AND leased_until < now())) AND attempts < $4
       AND model IN (SELECT jsonb_array_elements_text($5::jsonb))
       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(jobs.loras::jsonb) l
@@ -87,6 +87,7 @@ WITH head AS (
     WHERE (j.status = 'queued' OR (j.status = 'running' AND j.leased_until < now())) AND j.attempts < $4
       AND j.model = head.model AND j.loras = head.loras
       AND j.width = head.width AND j.height = head.height AND j.steps = head.steps AND j.scheduler = head.scheduler
+      AND j.strength = head.strength
     ORDER BY j.priority DESC, j.created_at, j.id LIMIT $2
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -95,7 +96,7 @@ UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_
     seed = coalesce(seed, floor(random() * 4503599627370496)::bigint)
 FROM picked WHERE jobs.id = picked.id
 RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
-    jobs.model, jobs.loras";
+    jobs.model, jobs.loras, channel, account, painted_prompt, painted_negative, photo_media_id, jobs.strength";
 
 /// Whether live worker `w` paints job `j`'s model with all its LoRAs.
 const PAINTS: &str = "w.seen_at > now() - interval '30 seconds' AND w.models::jsonb ? j.model
@@ -132,7 +133,7 @@ WITH picked AS (
 UPDATE jobs SET leased_by = $1, leased_until = now() + make_interval(secs => $3),
     delivery_attempts = delivery_attempts + 1
 FROM picked WHERE jobs.id = picked.id
-RETURNING jobs.id AS job_id, channel, account, user_id, status, media_id, delivery_attempts";
+RETURNING jobs.id AS job_id, channel, account, user_id, status, media_id, delivery_attempts, notice";
 
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -140,7 +141,7 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-/// Binds a submission to [`SUBMIT`]'s parameters (`$1`-`$23`).
+/// Binds a submission to [`SUBMIT`]'s parameters (`$1`-`$25`).
 fn bind_submission<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     s: &'q Submission<'_>,
@@ -171,6 +172,14 @@ fn bind_submission<'q, O>(
         .bind(s.detail())
         .bind(job.map_or("", |j| j.model.as_str()))
         .bind(job.map_or_else(|| "[]".to_string(), |j| loras_json(&j.loras)))
+        .bind(
+            job.and_then(|j| j.photo.as_ref())
+                .map(|p| p.media_id.as_str()),
+        )
+        .bind(
+            job.and_then(|j| j.photo.as_ref())
+                .map_or(0.0, |p| p.strength),
+        )
 }
 
 impl PgStore {
@@ -434,7 +443,9 @@ impl Store for PgStore {
                  (SELECT j.model FROM jobs j
                   WHERE j.channel = $1 AND j.account = $2 AND j.user_id = $3 AND j.status = 'queued'
                     AND NOT EXISTS (SELECT 1 FROM workers w WHERE {PAINTS})
-                  ORDER BY j.id LIMIT 1) AS waiting_for_model
+                  ORDER BY j.id LIMIT 1) AS waiting_for_model,
+                 (SELECT painted_prompt FROM jobs
+                  WHERE channel = $1 AND account = $2 AND user_id = $3 ORDER BY id DESC LIMIT 1) AS painted_prompt
              FROM mine",
         ))
         .bind(channel)
@@ -469,7 +480,7 @@ impl Store for PgStore {
     async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT day::text AS day, campaign, channel, requests, admitted, limited, blocked, painted, delivered,
-                    failed, p50_secs, p95_secs
+                    failed, flagged, p50_secs, p95_secs
              FROM usage_daily WHERE day::text >= $1 ORDER BY day DESC, campaign, channel",
         )
         .bind(since)
@@ -684,6 +695,74 @@ impl Store for PgStore {
                 .await?;
         }
         Ok(fate(status))
+    }
+
+    async fn save_translation(
+        &self,
+        id: i64,
+        worker: &str,
+        painted: &Painted<'_>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET painted_prompt = $3, painted_negative = $4, translate_ms = $5
+             WHERE id = $1 AND leased_by = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(painted.prompt)
+        .bind(painted.negative)
+        .bind(painted.translate_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
+    async fn refuse_job(
+        &self,
+        id: i64,
+        worker: &str,
+        refusal: &JobRefusal<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE jobs SET status = 'failed', finished_at = now(), leased_by = NULL, leased_until = NULL,
+                 fail_reason = $3, notice = $4, error = $5
+             WHERE id = $1 AND leased_by = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(refusal.reason)
+        .bind(refusal.notice)
+        .bind(refusal.error)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if ended == 0 {
+            return Ok(false);
+        }
+        sqlx::query(RELEASE_IN_FLIGHT)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(jpeg) = refusal.jpeg {
+            sqlx::query("INSERT INTO job_images (job_id, jpeg) VALUES ($1, $2)")
+                .bind(id)
+                .bind(jpeg)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn failure_notice(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT notice FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(notice,)| notice))
     }
 
     async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError> {

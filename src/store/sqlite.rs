@@ -14,11 +14,11 @@ use tokio::sync::{Notify, broadcast};
 use super::{
     AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
     Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN,
-    INSERT_REVISION, JobFate, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob, LockedUsage,
-    ModelQueue, NewJob, QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY,
-    RequestRow, SAVE_TOKEN, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
-    account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
-    refused_submission, source_msg_id, waiting,
+    INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob,
+    LockedUsage, ModelQueue, NewJob, Painted, QueueStatus, RELEASE_IN_FLIGHT,
+    RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store, StoreError,
+    StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply,
+    encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
 use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
@@ -203,8 +203,8 @@ impl Store for SqliteStore {
                 let (id,): (i64,) = sqlx::query_as(
                     &format!("INSERT INTO jobs (channel, account, user_id, source_msg_id, prompt, inbound_id,
                                        negative_prompt, width, height, steps, scheduler, guidance, deliver_after, seed, campaign,
-                                       model, loras)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14, ?15, ?16, ?17) RETURNING id", now_plus(13)),
+                                       model, loras, photo_media_id, strength)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, {}, ?14, ?15, ?16, ?17, ?18, ?19) RETURNING id", now_plus(13)),
                 )
                 .bind(m.channel)
                 .bind(&m.account)
@@ -223,6 +223,8 @@ impl Store for SqliteStore {
                 .bind(&job.campaign)
                 .bind(&job.model)
                 .bind(loras_json(&job.loras))
+                .bind(job.photo.as_ref().map(|p| p.media_id.as_str()))
+                .bind(job.photo.as_ref().map_or(0.0, |p| p.strength))
                 .fetch_one(&mut *tx)
                 .await?;
                 Some(id)
@@ -301,7 +303,9 @@ impl Store for SqliteStore {
                  (SELECT j.model FROM jobs j
                   WHERE j.channel = ?1 AND j.account = ?2 AND j.user_id = ?3 AND j.status = 'queued'
                     AND NOT EXISTS (SELECT 1 FROM workers w WHERE {PAINTS})
-                  ORDER BY j.id LIMIT 1) AS waiting_for_model
+                  ORDER BY j.id LIMIT 1) AS waiting_for_model,
+                 (SELECT painted_prompt FROM jobs
+                  WHERE channel = ?1 AND account = ?2 AND user_id = ?3 ORDER BY id DESC LIMIT 1) AS painted_prompt
              FROM mine",
         ))
         .bind(channel)
@@ -336,7 +340,7 @@ impl Store for SqliteStore {
     async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT day AS day, campaign, channel, requests, admitted, limited, blocked, painted, delivered,
-                    failed, p50_secs, p95_secs
+                    failed, flagged, p50_secs, p95_secs
              FROM usage_daily WHERE day >= ?1 ORDER BY day DESC, campaign, channel",
         )
         .bind(since)
@@ -439,7 +443,7 @@ impl Store for SqliteStore {
                  seed = coalesce(seed, abs(random()) % 4503599627370496)
              WHERE id IN (
                  SELECT j.id FROM jobs j,
-                     (SELECT model, loras, width, height, steps, scheduler FROM jobs WHERE {ELIGIBLE}
+                     (SELECT model, loras, width, height, steps, scheduler, strength FROM jobs WHERE {ELIGIBLE}
                         AND model IN (SELECT value FROM json_each(?5))
                         AND NOT EXISTS (SELECT 1 FROM json_each(jobs.loras) l
                                         WHERE json_extract(l.value, '$.name') NOT IN (SELECT value FROM json_each(?6)))
@@ -447,10 +451,10 @@ impl Store for SqliteStore {
                  WHERE {ELIGIBLE_J}
                    AND j.model = head.model AND j.loras = head.loras
                    AND j.width = head.width AND j.height = head.height AND j.steps = head.steps
-                   AND j.scheduler = head.scheduler
+                   AND j.scheduler = head.scheduler AND j.strength = head.strength
                  ORDER BY j.priority DESC, j.created_at, j.id LIMIT ?2)
              RETURNING id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
-                 model, loras"
+                 model, loras, channel, account, painted_prompt, painted_negative, photo_media_id, strength"
         ))
         .bind(worker)
         .bind(max)
@@ -572,6 +576,74 @@ impl Store for SqliteStore {
         Ok(fate(status))
     }
 
+    async fn save_translation(
+        &self,
+        id: i64,
+        worker: &str,
+        painted: &Painted<'_>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET painted_prompt = ?3, painted_negative = ?4, translate_ms = ?5
+             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(painted.prompt)
+        .bind(painted.negative)
+        .bind(painted.translate_ms)
+        .execute(&self.writer)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
+    async fn refuse_job(
+        &self,
+        id: i64,
+        worker: &str,
+        refusal: &JobRefusal<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let ended = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'failed', finished_at = {NOW}, leased_by = NULL, leased_until = NULL,
+                 fail_reason = ?3, notice = ?4, error = ?5
+             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'"
+        ))
+        .bind(id)
+        .bind(worker)
+        .bind(refusal.reason)
+        .bind(refusal.notice)
+        .bind(refusal.error)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if ended == 0 {
+            return Ok(false);
+        }
+        sqlx::query(&numbered(RELEASE_IN_FLIGHT))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(jpeg) = refusal.jpeg {
+            sqlx::query("INSERT INTO job_images (job_id, jpeg) VALUES (?1, ?2)")
+                .bind(id)
+                .bind(jpeg)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn failure_notice(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT notice FROM jobs WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.and_then(|(notice,)| notice))
+    }
+
     async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError> {
         let rows: Vec<(i64,)> = sqlx::query_as(&format!(
             "UPDATE jobs SET status = 'failed', finished_at = {NOW}, leased_by = NULL, leased_until = NULL,
@@ -641,7 +713,7 @@ impl Store for SqliteStore {
                  SELECT id FROM jobs WHERE held IS NULL AND channel <> 'console' AND {OWED} AND {FREE}
                    AND (deliver_after IS NULL OR deliver_after <= {NOW})
                  ORDER BY finished_at, id LIMIT ?2)
-             RETURNING id AS job_id, channel, account, user_id, status, media_id, delivery_attempts"
+             RETURNING id AS job_id, channel, account, user_id, status, media_id, delivery_attempts, notice"
         ))
         .bind(holder)
         .bind(max)

@@ -31,6 +31,7 @@ mod safety;
 mod store_contract;
 mod translate;
 mod two_nodes;
+mod understanding;
 mod usage;
 mod webhook;
 mod worker;

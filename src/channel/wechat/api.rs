@@ -1,5 +1,5 @@
-//! WeChat's server API for what huabi sends: the stable access token, image uploads (temporary media and permanent
-//! material) and customer-service messages. Plain HTTP; who holds the token is the caller's business.
+//! WeChat's server API for what huabi sends and fetches: the stable access token, image uploads (temporary media and
+//! permanent material), followers' pictures (`media/get`) and customer-service messages. Plain HTTP; who holds the token is the caller's business.
 
 use std::time::Duration;
 
@@ -35,6 +35,12 @@ pub enum ApiError {
     /// No AppID / AppSecret configured.
     #[error("HUABI__WECHAT__APP_ID and HUABI__WECHAT__APP_SECRET are needed to call WeChat's API")]
     NotConfigured,
+    /// A download larger than the caller accepts.
+    #[error("the media is larger than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What a caller should do about an [`ApiError`].
@@ -68,7 +74,9 @@ impl ApiError {
             },
             ApiError::Transport(_) | ApiError::Decode(_) => ErrorClass::Transient,
             ApiError::Status(status) if *status >= 500 || *status == 429 => ErrorClass::Transient,
-            ApiError::Status(_) | ApiError::NotConfigured => ErrorClass::Permanent,
+            ApiError::Status(_) | ApiError::NotConfigured | ApiError::TooLarge { .. } => {
+                ErrorClass::Permanent
+            }
         }
     }
 }
@@ -214,6 +222,58 @@ impl WechatApi {
             json!({"touser": user, "msgtype": "text", "text": {"content": text}}),
         )
         .await
+    }
+
+    /// `cgi-bin/media/get`: a follower's picture (temporary media) by its id, at most `max_bytes`. WeChat answers
+    /// errors as JSON and media as the file itself.
+    pub async fn get_media(
+        &self,
+        token: &str,
+        media_id: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut response = self
+            .http
+            .get(self.url("cgi-bin/media/get"))
+            .query(&[("access_token", token), ("media_id", media_id)])
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(ApiError::Status(status));
+        }
+        let is_answer = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json") || t.starts_with("text/"));
+        let limit = if is_answer {
+            MAX_ANSWER_BYTES
+        } else {
+            max_bytes
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::TooLarge { max: limit });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { max: limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if is_answer {
+            parse_answer(&body)?;
+            return Err(ApiError::Decode(
+                "media/get answered JSON without an error".into(),
+            ));
+        }
+        Ok(body)
     }
 
     async fn custom_send(&self, token: &str, body: Value) -> Result<(), ApiError> {
