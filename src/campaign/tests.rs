@@ -117,6 +117,10 @@ fn bad_definitions_are_refused_with_the_reason() {
             "after",
         ),
         ("guidance = 7.5", "guidance = 99.0", "guidance"),
+        ("strength = 0.6", "strength = 1.5", "strength"),
+        ("strength = 0.6", "strength = 0.01", "runs none"),
+        ("width = 0", "width = 100", "[photo] width"),
+        ("strength = 0.6", "strength = 0.6\nsurprise = 1", "surprise"),
     ] {
         assert!(base.contains(from), "{from}");
         let error = Campaign::from_toml(&base.replace(from, to), Path::new("x.toml"))

@@ -591,6 +591,50 @@ mod tests {
     }
 
     #[test]
+    fn photos_become_img2img_jobs_while_a_photo_campaign_runs() {
+        let s = settings();
+        let campaign = crate::campaign::load_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/campaigns/mid-autumn.toml"
+        )))
+        .expect("campaign");
+        let photo = campaign
+            .photo
+            .clone()
+            .expect("the shipped campaign paints photos");
+        let catalog = Catalog::new(
+            &s,
+            Campaigns::new(vec![campaign.clone()]),
+            ContentFilter::default(),
+        );
+        let image = InboundKind::Image {
+            media_id: "MEDIA".into(),
+        };
+        let during = time::macros::datetime!(2027-09-10 12:00 +08:00);
+        let Plan::Paint { job, reply } = plan(&image, &s, &catalog, during) else {
+            panic!("a job")
+        };
+        assert_eq!(
+            job.photo,
+            Some(PhotoJob {
+                media_id: "MEDIA".into(),
+                strength: photo.strength
+            })
+        );
+        assert_eq!(job.prompt, campaign.photo_prompt().expect("prompt"));
+        assert_eq!(job.negative_prompt, photo.negative_prompt);
+        assert_eq!((job.width, job.height), (campaign.width, campaign.height));
+        assert_eq!(job.campaign.as_deref(), Some("mid-autumn"));
+        assert_eq!(reply, text(&photo.received));
+        let after = time::macros::datetime!(2027-10-01 12:00 +08:00);
+        assert_eq!(
+            plan(&image, &s, &catalog, after),
+            Plan::Reply(text(&s.replies.unsupported)),
+            "outside the campaign a photo keeps today's reply"
+        );
+    }
+
+    #[test]
     fn campaign_requests_render_the_template_inside_the_window_only() {
         let s = settings();
         let campaign = crate::campaign::load_file(std::path::Path::new(concat!(

@@ -12,6 +12,7 @@ use super::lora::targets::LayerIndex;
 use super::lora::{Lora, LoraFormat, Part};
 use super::model::{Architecture, ModelFolder};
 use super::onnx::{DataType, OnnxModel};
+use super::safety::{SafetyConfig, SafetyMode};
 use super::{EngineConfig, EngineError, LoraChoice};
 
 /// Where the models are and which this node paints.
@@ -21,6 +22,7 @@ pub struct ModelCatalog {
     default_name: String,
     default_dir: PathBuf,
     allow: Vec<String>,
+    safety: SafetyConfig,
 }
 
 /// One model as `huabi models` shows it.
@@ -40,6 +42,13 @@ pub struct ModelInfo {
     pub default: bool,
     /// Whether this node paints it (`HUABI__ENGINE__MODELS`).
     pub painted_here: bool,
+    /// Whether it paints from photos (has `vae_encoder/`).
+    pub img2img: bool,
+    /// Whether it has a safety checker, and the `[safety]` mode for it: `checked`, `unchecked` (mode on, no
+    /// checker), `off`, or `refused` (required, no checker).
+    pub safety: &'static str,
+    /// Whether its text encoder reads Chinese (its prompts are not translated).
+    pub reads_chinese: bool,
     /// Why it cannot be used, if it cannot (`None` = it loads).
     pub problem: Option<String>,
 }
@@ -158,6 +167,7 @@ impl ModelCatalog {
             models_dir: config.models_dir.clone(),
             default_name: config.default_model(),
             default_dir: config.default_model_dir(),
+            safety: config.safety.clone(),
             allow: config
                 .models
                 .iter()
@@ -336,13 +346,25 @@ impl ModelCatalog {
                     architecture: None,
                     precision: None,
                     files: Vec::new(),
+                    img2img: false,
+                    safety: "-",
+                    reads_chinese: false,
                     problem: None,
                 };
                 match ModelFolder::inspect(&path) {
                     Ok(folder) => {
                         info.architecture = Some(folder.architecture);
+                        info.img2img = folder.has_vae_encoder;
+                        info.reads_chinese = self.reads_chinese(&info.name);
+                        info.safety =
+                            match (self.safety.mode(&info.name), folder.has_safety_checker) {
+                                (SafetyMode::Off, _) => "off",
+                                (_, true) => "checked",
+                                (SafetyMode::Required, false) => "refused",
+                                (SafetyMode::On, false) => "unchecked",
+                            };
                         let mut components: Vec<&str> = folder.text_encoders().to_vec();
-                        components.extend(["unet", "vae_decoder", "vae_encoder"]);
+                        components.extend(["unet", "vae_decoder", "vae_encoder", "safety_checker"]);
                         for c in components {
                             let dir = path.join(c);
                             if dir.is_dir() {

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
-use ort::value::{Tensor, TensorElementType};
+use ort::value::{DynValue, Tensor, TensorElementType};
 
 use super::EngineError;
-use super::model::TextEncoderIo;
+use super::model::{Port, TextEncoderIo};
 use super::pipeline::{SharedSession, float_values, lock};
-use super::tokenizer::{ClipTokenizer, MAX_TOKENS};
+use super::tokenizer::PromptTokenizer;
 
 /// Distinct negative prompts whose embeddings are kept.
 const NEGATIVE_CACHE: usize = 64;
@@ -25,7 +25,7 @@ struct Row {
 /// The conditioning of a batch: rows `[negatives…, prompts…]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conditioning {
-    /// `[rows, 77, D]`, flattened.
+    /// `[rows, L, D]` (L = the tokenizer's context, 77 for CLIP), flattened.
     pub tokens: (Vec<i64>, Vec<f32>),
     /// `[rows, P]`, flattened (SDXL only; empty otherwise).
     pub pooled: (Vec<i64>, Vec<f32>),
@@ -34,7 +34,7 @@ pub struct Conditioning {
 /// One text encoder with its tokenizer.
 pub struct Encoder {
     /// The tokenizer.
-    pub tokenizer: ClipTokenizer,
+    pub tokenizer: PromptTokenizer,
     /// The session.
     pub session: SharedSession,
     /// Its inputs and outputs.
@@ -46,17 +46,25 @@ pub struct TextConditioner {
     encoders: Vec<Encoder>,
     zero_empty_negative: bool,
     cache: HashMap<String, Row>,
+    tokens: usize,
 }
 
 impl TextConditioner {
     /// Conditioning from these encoders (one for SD, two for SDXL); with `zero_empty_negative`, an empty negative
     /// prompt is all zeros (SDXL's `force_zeros_for_empty_prompt`).
-    pub fn new(encoders: Vec<Encoder>, zero_empty_negative: bool) -> Self {
-        Self {
+    pub fn new(encoders: Vec<Encoder>, zero_empty_negative: bool) -> Result<Self, EngineError> {
+        let tokens = encoders.first().map_or(0, |e| e.tokenizer.max_len());
+        if encoders.iter().any(|e| e.tokenizer.max_len() != tokens) {
+            return Err(EngineError::Invalid(
+                "the text encoders' tokenizers have different context lengths".into(),
+            ));
+        }
+        Ok(Self {
             encoders,
             zero_empty_negative,
             cache: HashMap::new(),
-        }
+            tokens,
+        })
     }
 
     /// The rows of `texts`: each encoder runs once over all of them.
@@ -72,21 +80,46 @@ impl TextConditioner {
             return Ok(rows);
         }
         let mut width = 0;
+        let tokens = self.tokens;
         for encoder in &self.encoders {
-            let mut ids: Vec<i64> = Vec::with_capacity(texts.len() * MAX_TOKENS);
+            let mut ids: Vec<i64> = Vec::with_capacity(texts.len() * tokens);
+            let mut mask: Vec<i64> = Vec::with_capacity(texts.len() * tokens);
             for text in texts {
-                ids.extend(encoder.tokenizer.encode(text)?);
+                let (text_ids, text_mask) = encoder.tokenizer.encode_with_mask(text)?;
+                ids.extend(text_ids);
+                mask.extend(text_mask);
             }
-            let shape = vec![texts.len() as i64, MAX_TOKENS as i64];
-            let input = match encoder.io.input_ids.dtype {
-                TensorElementType::Int32 => {
-                    Tensor::from_array((shape, ids.iter().map(|&v| v as i32).collect::<Vec<_>>()))?
-                        .into_dyn()
-                }
-                _ => Tensor::from_array((shape, ids))?.into_dyn(),
+            // diffusers passes the attention mask only to encoders whose config asks for it; the others attend
+            // to the padding too (BERT's default mask is all ones).
+            if !encoder.io.use_attention_mask {
+                mask.iter_mut().for_each(|m| *m = 1);
+            }
+            let shape = vec![texts.len() as i64, tokens as i64];
+            let int_tensor = |port: &Port, values: Vec<i64>| -> Result<DynValue, EngineError> {
+                Ok(match port.dtype {
+                    TensorElementType::Int32 => Tensor::from_array((
+                        shape.clone(),
+                        values.iter().map(|&v| v as i32).collect::<Vec<_>>(),
+                    ))?
+                    .into_dyn(),
+                    _ => Tensor::from_array((shape.clone(), values))?.into_dyn(),
+                })
             };
+            let mut inputs = vec![(
+                encoder.io.input_ids.name.as_str(),
+                int_tensor(&encoder.io.input_ids, ids)?,
+            )];
+            if let Some(port) = &encoder.io.attention_mask {
+                inputs.push((port.name.as_str(), int_tensor(port, mask)?));
+            }
+            if let Some(port) = &encoder.io.token_type_ids {
+                inputs.push((
+                    port.name.as_str(),
+                    int_tensor(port, vec![0; texts.len() * tokens])?,
+                ));
+            }
             let mut session = lock(&encoder.session)?;
-            let outputs = session.run(vec![(encoder.io.input_ids.name.as_str(), input)])?;
+            let outputs = session.run(inputs)?;
             let read = |name: &str| {
                 outputs
                     .get(name)
@@ -97,7 +130,7 @@ impl TextConditioner {
             };
             let (shape, hidden) = read(&encoder.io.hidden_states)?;
             let d = *shape.last().unwrap_or(&0) as usize;
-            if shape.len() != 3 || hidden.len() != texts.len() * MAX_TOKENS * d {
+            if shape.len() != 3 || hidden.len() != texts.len() * tokens * d {
                 return Err(EngineError::Inference(format!(
                     "text encoder returned {} of shape {shape:?} for {} texts",
                     encoder.io.hidden_states,
@@ -105,9 +138,9 @@ impl TextConditioner {
                 )));
             }
             // Join the encoders' features token by token: [77, D1] ++ [77, D2] → [77, D1 + D2].
-            for (row, chunk) in rows.iter_mut().zip(hidden.chunks_exact(MAX_TOKENS * d)) {
-                let mut joined = Vec::with_capacity(MAX_TOKENS * (width + d));
-                for t in 0..MAX_TOKENS {
+            for (row, chunk) in rows.iter_mut().zip(hidden.chunks_exact(tokens * d)) {
+                let mut joined = Vec::with_capacity(tokens * (width + d));
+                for t in 0..tokens {
                     joined.extend_from_slice(&row.tokens[t * width..(t + 1) * width]);
                     joined.extend_from_slice(&chunk[t * d..(t + 1) * d]);
                 }
@@ -173,9 +206,9 @@ impl TextConditioner {
             tokens.extend_from_slice(&row.tokens);
             pooled.extend_from_slice(&row.pooled);
         }
-        let d = (token_len / MAX_TOKENS) as i64;
+        let d = (token_len / self.tokens.max(1)) as i64;
         Ok(Conditioning {
-            tokens: (vec![rows as i64, MAX_TOKENS as i64, d], tokens),
+            tokens: (vec![rows as i64, self.tokens as i64, d], tokens),
             pooled: (vec![rows as i64, pooled_len as i64], pooled),
         })
     }

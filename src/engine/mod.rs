@@ -33,7 +33,7 @@ pub use pipeline::{Generated, Progress, Sessions, SharedSession, StableDiffusion
 pub use pipelines::{Engine, LoadReport};
 pub use runtime::{Device, default_library_candidates};
 pub use scheduler::SchedulerKind;
-pub use tokenizer::{ClipTokenizer, normalize_prompt};
+pub use tokenizer::{PromptTokenizer, normalize_prompt};
 
 /// Engine failures; each message says what is wrong and, where it can, what to do.
 #[derive(Debug, Clone, thiserror::Error)]

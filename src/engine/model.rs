@@ -100,12 +100,13 @@ impl ModelFolder {
         for name in tokenizers {
             let tokenizer = root.join(name);
             let has_tokenizer = tokenizer.join("tokenizer.json").is_file()
+                || tokenizer.join("vocab.txt").is_file()
                 || (tokenizer.join("vocab.json").is_file()
                     && tokenizer.join("merges.txt").is_file());
             if !has_tokenizer {
                 return Err(model_error(
                     root,
-                    format!("{name}/ needs tokenizer.json or vocab.json + merges.txt"),
+                    format!("{name}/ needs tokenizer.json, vocab.txt or vocab.json + merges.txt"),
                 ));
             }
         }
@@ -190,6 +191,13 @@ pub struct Port {
 pub struct TextEncoderIo {
     /// `input_ids` (int32 or int64).
     pub input_ids: Port,
+    /// `attention_mask`, when the export takes one (BERT encoders do).
+    pub attention_mask: Option<Port>,
+    /// `token_type_ids`, when the export takes them (all zeros).
+    pub token_type_ids: Option<Port>,
+    /// Whether the mask marks the padding (the encoder config's `use_attention_mask`); else it is all ones, as
+    /// diffusers runs such encoders without a mask.
+    pub use_attention_mask: bool,
     /// The per-token embeddings the UNet reads: `last_hidden_state` for SD, the penultimate layer's
     /// `hidden_states.N` for SDXL (as diffusers' SDXL pipeline does).
     pub hidden_states: String,
@@ -329,17 +337,25 @@ fn text_encoder_io(
     second: bool,
 ) -> Result<TextEncoderIo, EngineError> {
     use TensorElementType::{Int32, Int64};
-    no_extra_inputs(session, path, &["input_ids", "attention_mask"])?;
-    if session
-        .inputs()
-        .iter()
-        .any(|i| i.name() == "attention_mask")
-    {
-        return Err(model_error(
-            path,
-            "needs attention_mask, which SD text encoders do not use",
-        ));
-    }
+    no_extra_inputs(
+        session,
+        path,
+        &["input_ids", "attention_mask", "token_type_ids"],
+    )?;
+    let optional = |name: &str| {
+        session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == name)
+            .then(|| port(session, path, name, &[Int32, Int64], &[2]))
+            .transpose()
+    };
+    let use_attention_mask = path
+        .parent()
+        .and_then(|dir| std::fs::read_to_string(dir.join("config.json")).ok())
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|config| config.get("use_attention_mask")?.as_bool())
+        .unwrap_or(false);
     let (hidden_states, pooled) = match architecture {
         Architecture::Sd => (output(session, path, "last_hidden_state")?, None),
         Architecture::Sdxl => {
@@ -360,6 +376,9 @@ fn text_encoder_io(
     };
     Ok(TextEncoderIo {
         input_ids: port(session, path, "input_ids", &[Int32, Int64], &[2])?,
+        attention_mask: optional("attention_mask")?,
+        token_type_ids: optional("token_type_ids")?,
+        use_attention_mask,
         hidden_states,
         pooled,
     })

@@ -206,6 +206,45 @@ mod tests {
         ));
     }
 
+    /// A JPEG of `width` × `height` (left half red, right half blue) carrying EXIF orientation `orientation`.
+    fn jpeg_with_orientation(width: u32, height: u32, orientation: u16) -> Vec<u8> {
+        let picture = image::RgbImage::from_fn(width, height, |x, _| {
+            if x < width / 2 {
+                image::Rgb([250, 0, 0])
+            } else {
+                image::Rgb([0, 0, 250])
+            }
+        });
+        let mut jpeg = Cursor::new(Vec::new());
+        picture
+            .write_to(&mut jpeg, ImageFormat::Jpeg)
+            .expect("jpeg");
+        let jpeg = jpeg.into_inner();
+        // APP1 "Exif": a big-endian TIFF header and one IFD entry, 0x0112 (Orientation), SHORT, 1 value.
+        let mut tiff =
+            b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\x00\x00".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_turns_photos_upright() {
+        let upright = decode(&jpeg_with_orientation(40, 20, 1), &LIMITS).expect("decodes");
+        assert_eq!(upright.dimensions(), (40, 20));
+        // 6 = the camera was turned: the picture is rotated 90° clockwise to be upright, so red ends on top.
+        let turned = decode(&jpeg_with_orientation(40, 20, 6), &LIMITS).expect("decodes");
+        assert_eq!(turned.dimensions(), (20, 40));
+        assert!(turned.get_pixel(10, 5)[0] > 200 && turned.get_pixel(10, 35)[2] > 200);
+    }
+
     #[test]
     fn garbage_and_truncated_files_are_unreadable() {
         for bytes in [

@@ -14,7 +14,7 @@ use super::noise::Noise;
 use super::runtime::{self, Device};
 use super::safety::{self, SafetyChecker, Verdict};
 use super::scheduler::{self, Scheduler};
-use super::tokenizer::ClipTokenizer;
+use super::tokenizer::PromptTokenizer;
 use super::{Batch, EngineConfig, EngineError, Picture};
 
 /// Latent channels of SD 1.x/2.x and SDXL.
@@ -253,14 +253,14 @@ impl StableDiffusion {
             .zip(&io.text_encoders)
             .map(|((dir, session), io)| {
                 Ok(Encoder {
-                    tokenizer: ClipTokenizer::from_dir(&folder.root.join(dir))?,
+                    tokenizer: PromptTokenizer::from_dir(&folder.root.join(dir))?,
                     session: session.clone(),
                     io: io.clone(),
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         Ok(Self {
-            text: TextConditioner::new(encoders, folder.zero_empty_negative),
+            text: TextConditioner::new(encoders, folder.zero_empty_negative)?,
             io,
             unet: sessions.unet,
             vae: sessions.vae,

@@ -1,14 +1,21 @@
-//! The CLIP tokenizer (the `tokenizers` crate) from `tokenizer/`: 77 tokens, truncation, the model's own padding
-//! token, and huabi's normalisation of Chinese input.
+//! The text encoders' tokenizers (the `tokenizers` crate) from `tokenizer/`: CLIP's (77 tokens, its own padding
+//! token, huabi's normalisation of Chinese punctuation first), and any other a model folder brings — a BERT
+//! WordPiece `vocab.txt` or a `tokenizer.json` of any kind, as the Chinese SD 1.5 variants have — padded and
+//! truncated to the `model_max_length` its config names, the text given as it is (the vocabulary has the
+//! punctuation CLIP lacks).
 
 use std::path::Path;
 
 use serde_json::Value;
 use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
     PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
@@ -20,20 +27,27 @@ use super::EngineError;
 
 /// CLIP's context length.
 pub const MAX_TOKENS: usize = 77;
+/// The longest context any text encoder is given.
+const LONGEST: usize = 1024;
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 /// OpenAI CLIP's pre-tokenisation pattern.
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
-/// Tokenizes prompts into exactly [`MAX_TOKENS`] ids.
-pub struct ClipTokenizer {
+/// Tokenizes prompts into exactly [`PromptTokenizer::max_len`] ids.
+pub struct PromptTokenizer {
     inner: Tokenizer,
+    max_len: usize,
+    clip: bool,
 }
 
-impl std::fmt::Debug for ClipTokenizer {
+impl std::fmt::Debug for PromptTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").finish_non_exhaustive()
+        f.debug_struct("PromptTokenizer")
+            .field("max_len", &self.max_len)
+            .field("clip", &self.clip)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,69 +58,94 @@ fn error(path: &Path, reason: impl std::fmt::Display) -> EngineError {
     }
 }
 
-/// The padding token the folder's tokenizer config names (SD 1.x pads with `<|endoftext|>`, SD 2.x with `!`).
-fn pad_token(dir: &Path) -> String {
+/// The folder's tokenizer config (`tokenizer_config.json`, with `special_tokens_map.json` over it for names).
+fn config(dir: &Path, file: &str) -> Value {
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A special token's name as the configs give it (a string, or `{"content": …}`).
+fn special(dir: &Path, key: &str) -> Option<String> {
     for file in ["special_tokens_map.json", "tokenizer_config.json"] {
-        let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
-            continue;
-        };
-        let Ok(json) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        match json.get("pad_token") {
-            Some(Value::String(s)) => return s.clone(),
+        match config(dir, file).get(key) {
+            Some(Value::String(s)) => return Some(s.clone()),
             Some(Value::Object(o)) => {
                 if let Some(Value::String(s)) = o.get("content") {
-                    return s.clone();
+                    return Some(s.clone());
                 }
             }
             _ => {}
         }
     }
-    EOS.to_string()
+    None
 }
 
-impl ClipTokenizer {
-    /// Loads `tokenizer.json`, or builds CLIP's pipeline from `vocab.json` + `merges.txt`.
+impl PromptTokenizer {
+    /// Loads `tokenizer.json`, or builds CLIP's pipeline from `vocab.json` + `merges.txt`, or BERT's from
+    /// `vocab.txt`.
     pub fn from_dir(dir: &Path) -> Result<Self, EngineError> {
         let json = dir.join("tokenizer.json");
         let mut inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| error(&json, e))?
+        } else if dir.join("vocab.json").is_file() {
+            Self::build_clip(dir)?
+        } else if dir.join("vocab.txt").is_file() {
+            Self::build_bert(dir)?
         } else {
-            Self::build_from_vocab(dir)?
+            return Err(error(
+                dir,
+                "has no tokenizer.json, vocab.json + merges.txt or vocab.txt",
+            ));
         };
-        let pad = pad_token(dir);
+        let clip = inner.token_to_id(BOS).is_some() && inner.token_to_id(EOS).is_some();
+        let max_len = if clip {
+            MAX_TOKENS
+        } else {
+            config(dir, "tokenizer_config.json")
+                .get("model_max_length")
+                .and_then(Value::as_u64)
+                .map_or(MAX_TOKENS, |n| n as usize)
+        };
+        if !(2..=LONGEST).contains(&max_len) {
+            return Err(error(
+                dir,
+                format!("model_max_length {max_len} must be between 2 and {LONGEST}"),
+            ));
+        }
+        let default_pad = if clip { EOS } else { "[PAD]" };
+        let pad = special(dir, "pad_token").unwrap_or_else(|| default_pad.to_string());
         let pad_id = inner.token_to_id(&pad).ok_or_else(|| {
             error(
                 dir,
                 format!("padding token {pad:?} is not in the vocabulary"),
             )
         })?;
-        for special in [BOS, EOS] {
-            if inner.token_to_id(special).is_none() {
-                return Err(error(dir, format!("{special} is not in the vocabulary")));
-            }
-        }
         inner
             .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
+                max_length: max_len,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| error(dir, e))?;
         inner.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(MAX_TOKENS),
+            strategy: PaddingStrategy::Fixed(max_len),
             direction: PaddingDirection::Right,
             pad_to_multiple_of: None,
             pad_id,
             pad_type_id: 0,
             pad_token: pad,
         }));
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            max_len,
+            clip,
+        })
     }
 
-    fn build_from_vocab(dir: &Path) -> Result<Tokenizer, EngineError> {
+    fn build_clip(dir: &Path) -> Result<Tokenizer, EngineError> {
         let vocab = dir.join("vocab.json");
         let merges = dir.join("merges.txt");
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
@@ -152,13 +191,75 @@ impl ClipTokenizer {
         Ok(tokenizer)
     }
 
-    /// The 77 token ids of `prompt` after [`normalize_prompt`]; text past 75 tokens is dropped.
-    pub fn encode(&self, prompt: &str) -> Result<Vec<i64>, EngineError> {
+    /// BERT's WordPiece pipeline (transformers' `BertTokenizer`): clean text, spaces around Chinese characters,
+    /// lower case unless the config says otherwise, `[CLS] … [SEP]`.
+    fn build_bert(dir: &Path) -> Result<Tokenizer, EngineError> {
+        let vocab = dir.join("vocab.txt");
+        let names = |key: &str, default: &str| special(dir, key).unwrap_or_else(|| default.into());
+        let unk = names("unk_token", "[UNK]");
+        let wordpiece = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token(unk)
+            .build()
+            .map_err(|e| error(&vocab, e))?;
+        let mut tokenizer = Tokenizer::new(wordpiece);
+        let settings = config(dir, "tokenizer_config.json");
+        let flag = |key: &str, default: bool| {
+            settings
+                .get(key)
+                .and_then(Value::as_bool)
+                .unwrap_or(default)
+        };
+        let lowercase = flag("do_lower_case", true);
+        tokenizer
+            .with_normalizer(Some(BertNormalizer::new(
+                true,
+                flag("tokenize_chinese_chars", true),
+                settings.get("strip_accents").and_then(Value::as_bool),
+                lowercase,
+            )))
+            .map_err(|e| error(dir, e))?;
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        let (cls, sep) = (names("cls_token", "[CLS]"), names("sep_token", "[SEP]"));
+        let id = |token: &str| {
+            tokenizer
+                .token_to_id(token)
+                .ok_or_else(|| error(&vocab, format!("{token} is not in the vocabulary")))
+        };
+        let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
+        tokenizer.with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+        Ok(tokenizer)
+    }
+
+    /// How many ids [`PromptTokenizer::encode`] returns.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The ids of `prompt` (after [`normalize_prompt`] for CLIP) and which of them are text rather than padding;
+    /// text past the context is dropped.
+    pub fn encode_with_mask(&self, prompt: &str) -> Result<(Vec<i64>, Vec<i64>), EngineError> {
+        let text = if self.clip {
+            normalize_prompt(prompt)
+        } else {
+            prompt.to_string()
+        };
         let encoding = self
             .inner
-            .encode(normalize_prompt(prompt), true)
+            .encode(text, true)
             .map_err(|e| EngineError::Invalid(format!("cannot tokenize the prompt: {e}")))?;
-        Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
+        Ok((
+            encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
+            encoding
+                .get_attention_mask()
+                .iter()
+                .map(|&m| i64::from(m))
+                .collect(),
+        ))
+    }
+
+    /// The ids of `prompt`, exactly [`PromptTokenizer::max_len`] of them.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<i64>, EngineError> {
+        Ok(self.encode_with_mask(prompt)?.0)
     }
 }
 
@@ -221,8 +322,8 @@ pub fn normalize_prompt(prompt: &str) -> String {
 mod tests {
     use super::*;
 
-    fn tiny() -> ClipTokenizer {
-        ClipTokenizer::from_dir(Path::new(concat!(
+    fn tiny() -> PromptTokenizer {
+        PromptTokenizer::from_dir(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/models/tiny-sd/tokenizer"
         )))
@@ -295,10 +396,50 @@ mod tests {
     #[test]
     fn broken_tokenizer_folders_are_clear_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(ClipTokenizer::from_dir(dir.path()).is_err());
+        assert!(PromptTokenizer::from_dir(dir.path()).is_err());
         std::fs::write(dir.path().join("vocab.json"), "{\"a\": 0}").expect("write");
         std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\n").expect("write");
-        let err = ClipTokenizer::from_dir(dir.path()).expect_err("no special tokens");
+        let err = PromptTokenizer::from_dir(dir.path()).expect_err("no special tokens");
         assert!(err.to_string().contains("<|"), "{err}");
+        let bert = tempfile::tempdir().expect("tempdir");
+        std::fs::write(bert.path().join("vocab.txt"), "[PAD]\n[UNK]\n月\n").expect("write");
+        let err = PromptTokenizer::from_dir(bert.path()).expect_err("no [CLS]");
+        assert!(err.to_string().contains("[CLS]"), "{err}");
+        std::fs::write(
+            bert.path().join("vocab.txt"),
+            "[PAD]\n[UNK]\n[CLS]\n[SEP]\n月\n",
+        )
+        .expect("write");
+        std::fs::write(
+            bert.path().join("tokenizer_config.json"),
+            "{\"model_max_length\": 100000000}",
+        )
+        .expect("write");
+        let err = PromptTokenizer::from_dir(bert.path()).expect_err("absurd length");
+        assert!(err.to_string().contains("model_max_length"), "{err}");
+    }
+
+    #[test]
+    fn bert_vocabularies_tokenize_chinese_as_transformers_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("vocab.txt"),
+            "[PAD]\n[UNK]\n[CLS]\n[SEP]\n月\n下\n，\ncat\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            "{\"model_max_length\": 8}",
+        )
+        .expect("write");
+        let bert = PromptTokenizer::from_dir(dir.path()).expect("bert");
+        assert_eq!(bert.max_len(), 8);
+        let (ids, mask) = bert.encode_with_mask("月下，Cat 狗").expect("ids");
+        assert_eq!(
+            ids,
+            vec![2, 4, 5, 6, 7, 1, 3, 0],
+            "full-width punctuation kept, lower case, [UNK]"
+        );
+        assert_eq!(mask, vec![1, 1, 1, 1, 1, 1, 1, 0]);
     }
 }

@@ -590,3 +590,99 @@ async fn engine_thread_serves_concurrent_callers_and_labels_off_thread() {
         EngineHandle::spawn(config(&root().join("no-such-model"))).expect_err("missing model");
     assert!(err.to_string().contains("is not a folder"), "{err}");
 }
+
+/// models/tiny-sd with the Chinese BERT encoder and WordPiece tokenizer of tests/fixtures/chinese-encoder in place
+/// of CLIP's (the Chinese SD 1.5 variants' layout).
+pub fn chinese_model() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("tiny-sd-zh");
+    copy(&root().join("models/tiny-sd"), &model);
+    for part in ["text_encoder", "tokenizer"] {
+        std::fs::remove_dir_all(model.join(part)).expect("rm");
+        copy(
+            &root().join("tests/fixtures/chinese-encoder").join(part),
+            &model.join(part),
+        );
+    }
+    dir
+}
+
+#[test]
+fn a_chinese_bert_encoder_paints_as_diffusers_does() {
+    let fixtures = root().join("tests/fixtures/chinese-encoder");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("reference.json")).expect("json"),
+    )
+    .expect("json");
+    let dir = chinese_model();
+    let model = dir.path().join("tiny-sd-zh");
+    let tokenizer =
+        huabi::engine::PromptTokenizer::from_dir(&model.join("tokenizer")).expect("tokenizer");
+    let prompt = reference["prompt"].as_str().expect("prompt");
+    let want_ids: Vec<i64> = reference["input_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_i64().expect("id"))
+        .collect();
+    assert_eq!(tokenizer.encode(prompt).expect("ids"), want_ids);
+    // Without tokenizer.json, BERT's pipeline is built from vocab.txt and gives the same ids.
+    std::fs::remove_file(model.join("tokenizer/tokenizer.json")).expect("rm");
+    let from_vocab =
+        huabi::engine::PromptTokenizer::from_dir(&model.join("tokenizer")).expect("vocab.txt");
+    assert_eq!(from_vocab.encode(prompt).expect("ids"), want_ids);
+    let catalog = huabi::engine::ModelCatalog::new(&EngineConfig {
+        models_dir: dir.path().to_path_buf(),
+        model: "tiny-sd-zh".into(),
+        ..config(Path::new(""))
+    });
+    assert!(
+        catalog.reads_chinese("tiny-sd-zh"),
+        "a Chinese vocabulary reads Chinese"
+    );
+    assert!(
+        !huabi::engine::ModelCatalog::new(&config(Path::new(""))).reads_chinese("tiny-sd"),
+        "CLIP's does not"
+    );
+
+    let mut pipeline = StableDiffusion::load(&config(&model)).expect("the Chinese model loads");
+    let (_, latents) =
+        npy::read_f32(&root().join("tests/fixtures/diffusers/init-latents.npy")).expect("latents");
+    let batch = Batch {
+        key: key(SchedulerKind::Euler, 6),
+        items: vec![Item {
+            prompt: prompt.into(),
+            negative_prompt: reference["negative"].as_str().expect("negative").into(),
+            seed: 1,
+            guidance: 7.5,
+            init_latents: Some(latents),
+            init_image: None,
+        }],
+    };
+    let got = pipeline
+        .generate(&batch, &mut |_| {})
+        .expect("paints")
+        .pictures
+        .remove(0)
+        .rgb;
+    let (_, want) = npy::read_f32(&fixtures.join("picture.npy")).expect("reference");
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("Chinese BERT encoder: max |huabi - diffusers| = {worst:e}");
+    assert!(worst <= 1e-3, "{worst}");
+}

@@ -159,3 +159,62 @@ fn a_concept_built_from_a_picture_flags_it_and_passes_another() {
     assert!(!verdicts[1].flagged, "{:?}", verdicts[1]);
     assert!(verdicts[0].worst() > 0.0 && verdicts[1].worst() < 0.0);
 }
+
+#[test]
+fn each_model_is_checked_required_or_left_alone_as_operators_decide() {
+    use huabi::engine::safety::{SafetyConfig, SafetyMode};
+    use huabi::engine::{Batch, BatchKey, Engine, EngineConfig, Item, SchedulerKind};
+    let with = |default: SafetyMode, models: &[(&str, SafetyMode)]| EngineConfig {
+        models_dir: root().join("models"),
+        model: "tiny-sd".into(),
+        safety: SafetyConfig {
+            default,
+            models: models.iter().map(|(m, s)| (m.to_string(), *s)).collect(),
+            keep_flagged: false,
+        },
+        ..crate::engine::config(Path::new(""))
+    };
+    let paint = |engine: &mut Engine, model: &str| {
+        let batch = Batch {
+            key: BatchKey {
+                model: model.into(),
+                loras: Vec::new(),
+                width: 64,
+                height: 64,
+                steps: 2,
+                scheduler: SchedulerKind::Euler,
+                strength: None,
+            },
+            items: vec![Item {
+                prompt: "a lantern".into(),
+                negative_prompt: String::new(),
+                seed: 3,
+                guidance: 7.5,
+                init_latents: None,
+                init_image: None,
+            }],
+        };
+        engine.generate(&batch, &mut |_| {})
+    };
+    let mut engine = Engine::new(&with(SafetyMode::On, &[])).expect("engine");
+    let checked = paint(&mut engine, "tiny-sd").expect("paints");
+    assert!(
+        matches!(&checked.verdicts[..], [Some(v)] if !v.flagged && !v.concept_scores.is_empty())
+    );
+    assert_eq!(
+        paint(&mut engine, "tiny-sdxl").expect("paints").verdicts,
+        vec![None],
+        "no checker: unchecked"
+    );
+
+    let mut strict = Engine::new(&with(SafetyMode::Required, &[])).expect("engine");
+    let refused = paint(&mut strict, "tiny-sdxl").expect_err("refused without a checker");
+    assert!(refused.to_string().contains("safety_checker"), "{refused}");
+
+    let mut off =
+        Engine::new(&with(SafetyMode::Required, &[("tiny-sd", SafetyMode::Off)])).expect("engine");
+    assert_eq!(
+        paint(&mut off, "tiny-sd").expect("paints").verdicts,
+        vec![None]
+    );
+}

@@ -169,6 +169,36 @@ async fn a_chinese_prompt_is_painted_from_its_english(backend: Backend) {
     assert_eq!(job.painted_prompt, None);
 }
 
+async fn a_model_that_reads_chinese_gets_the_words_as_written(backend: Backend) {
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let models = crate::engine::chinese_model();
+    let model_dir = models.path().join("tiny-sd-zh").display().to_string();
+    let mut env = delivering(&base, "0");
+    env.push((
+        "HUABI__TRANSLATE__MODEL_DIR",
+        root()
+            .join("models/translate/tiny-zh-en")
+            .display()
+            .to_string(),
+    ));
+    let app = spawn_delivering(backend, &env, &[("HUABI__ENGINE__MODEL_DIR", &model_dir)]).await;
+    app.post_plain(&text_xml("o_bert", 7101, "月下的桂花树"))
+        .await;
+    let job = ended_job(&app, "o_bert").await;
+    assert_eq!(job.status, "delivered", "{:?}", job.error);
+    assert_eq!(
+        job.painted_prompt, None,
+        "its encoder reads Chinese: nothing translated"
+    );
+    assert_eq!(job.translate_ms, None);
+    wait_for(&stand_in, 30, "the picture", |r| {
+        r.sends
+            .iter()
+            .any(|s| s.touser == "o_bert" && s.msgtype == "image")
+    })
+    .await;
+}
+
 /// The shipped campaign, running now, painting photos at 64×64 with strength 0.6.
 fn photo_campaign() -> campaign::Campaign {
     let mut c = shifted("photos", "中秋", -1, 1);
@@ -345,6 +375,7 @@ async fn a_flagged_picture_is_not_delivered_and_the_follower_is_told(backend: Ba
 
 on_both_databases!(
     a_chinese_prompt_is_painted_from_its_english,
+    a_model_that_reads_chinese_gets_the_words_as_written,
     a_photo_in_a_photo_campaign_comes_back_as_a_painting,
     oversize_bomb_and_unreadable_photos_are_refused_politely,
     a_flagged_picture_is_not_delivered_and_the_follower_is_told
