@@ -11,7 +11,10 @@ compare with:
   tests/fixtures/safety/pictures/                    the pictures (PNG)
   tests/fixtures/resample/                           a picture resized by Pillow (bilinear, bicubic, Lanczos)
 
-Usage: .venv-model/bin/python scripts/make_safety.py   (scripts/requirements-model.txt)
+--sd15 DIR adds a checker of Stable Diffusion 1.5's size (CLIP ViT-L/14 vision, 224x224; random weights) to the
+model folder DIR, for `huabi bench engine` (not committed).
+
+Usage: .venv-model/bin/python scripts/make_safety.py [--sd15 DIR]   (scripts/requirements-model.txt)
 """
 import json
 import os
@@ -27,27 +30,35 @@ RESAMPLE = "tests/fixtures/resample"
 SIZE = 32  # the tiny checker's CLIP vision input
 
 
-def checker(seed):
+def checker(seed, full=False):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                              image_size=SIZE, patch_size=4, projection_dim=16)
-    text = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                          projection_dim=16)
+    if full:  # Stable Diffusion 1.5's checker: CLIP ViT-L/14's vision tower, 768-wide projection
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                                  num_hidden_layers=24, image_size=224, patch_size=14, projection_dim=768)
+        text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=1,
+                              projection_dim=768)
+        projection = 768
+    else:
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                  image_size=SIZE, patch_size=4, projection_dim=16)
+        text = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              projection_dim=16)
+        projection = 16
     sc = StableDiffusionSafetyChecker(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                                 projection_dim=16)).eval()
+                                                 projection_dim=projection)).eval()
     with torch.no_grad():
         sc.concept_embeds.copy_(torch.randn_like(sc.concept_embeds))
         sc.special_care_embeds.copy_(torch.randn_like(sc.special_care_embeds))
     return sc
 
 
-def processor():
+def processor(size=SIZE):
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}, resample=3)
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=3)
 
 
 def pictures():
@@ -78,19 +89,19 @@ def scores(sc, pixel_values):
         return special.numpy(), concept.numpy(), torch.any(concept > 0, dim=1).numpy()
 
 
-def export(sc, folder):
+def export(sc, folder, size=SIZE):
     sc = sc.eval()
     sc.forward = sc.forward_onnx
     os.makedirs(f"{folder}/safety_checker", exist_ok=True)
     os.makedirs(f"{folder}/feature_extractor", exist_ok=True)
-    clip = torch.randn(1, 3, SIZE, SIZE)
+    clip = torch.randn(1, 3, size, size)
     images = torch.rand(1, 64, 64, 3)
     torch.onnx.export(sc, (clip, images), f"{folder}/safety_checker/model.onnx",
                       input_names=["clip_input", "images"], output_names=["out_images", "has_nsfw_concepts"],
                       dynamic_axes={"clip_input": {0: "batch", 1: "channels", 2: "height", 3: "width"},
                                     "images": {0: "batch", 1: "height", 2: "width", 3: "channels"}},
                       opset_version=14, dynamo=False)
-    processor().save_pretrained(f"{folder}/feature_extractor")
+    processor(size).save_pretrained(f"{folder}/feature_extractor")
 
 
 def set_weights(sc, concept, special):
@@ -115,6 +126,16 @@ def resample_fixtures():
 
 
 def main():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--sd15", metavar="DIR", help="add an SD-1.5-sized checker to this model folder instead")
+    a = p.parse_args()
+    if a.sd15:
+        sc = checker(30, full=True)
+        set_weights(sc, np.full(17, 2.0), np.full(3, 2.0))
+        export(sc, a.sd15, size=224)
+        return
     os.makedirs(f"{OUT}/pictures", exist_ok=True)
     pics = pictures()
     names = ["a.png", "b.png", "noise-1.png", "noise-2.png"]

@@ -266,7 +266,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&row)?);
                 } else {
                     println!(
-                        "{} batch {}: {:.4} s/batch, {:.4} s/image, {:.2} images/s (text {:.4} s, denoise {:.4} s = {:.4} s/step, decode {:.4} s)",
+                        "{} batch {}: {:.4} s/batch, {:.4} s/image, {:.2} images/s (text {:.4} s, denoise {:.4} s = {:.4} s/step, decode {:.4} s, safety check {:.4} s = {:.1} % of the batch)",
                         row.variant,
                         row.batch,
                         row.seconds,
@@ -275,7 +275,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         row.text,
                         row.denoise,
                         row.denoise / steps,
-                        row.decode
+                        row.decode,
+                        row.safety,
+                        100.0 * row.safety / row.seconds.max(f64::MIN_POSITIVE)
                     );
                 }
             }

@@ -282,6 +282,8 @@ pub struct EngineBenchRow {
     pub denoise: f64,
     /// Median decoding seconds.
     pub decode: f64,
+    /// Median seconds of the safety check (0 when the model's pictures are not checked).
+    pub safety: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -357,7 +359,7 @@ pub fn run_engine(
                 (*variant, batch)
             })
             .collect();
-        let mut times: Vec<[Vec<f64>; 4]> = vec![Default::default(); batches.len()];
+        let mut times: Vec<[Vec<f64>; 5]> = vec![Default::default(); batches.len()];
         for (_, batch) in &batches {
             engine.generate(batch, &mut |_| {})?;
         }
@@ -368,9 +370,10 @@ pub fn run_engine(
                 t[1].push(timings.text.as_secs_f64());
                 t[2].push(timings.denoise.as_secs_f64());
                 t[3].push(timings.decode.as_secs_f64());
+                t[4].push(timings.safety.as_secs_f64());
             }
         }
-        for ((variant, _), [total, text, denoise, decode]) in batches.iter().zip(times) {
+        for ((variant, _), [total, text, denoise, decode, safety]) in batches.iter().zip(times) {
             let seconds = median(total);
             rows.push(EngineBenchRow {
                 variant,
@@ -381,6 +384,7 @@ pub fn run_engine(
                 text: median(text),
                 denoise: median(denoise),
                 decode: median(decode),
+                safety: median(safety),
             });
         }
     }
