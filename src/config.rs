@@ -456,6 +456,28 @@ impl Settings {
     }
 }
 
+/// Jobs start from the configured painting parameters (here, so the domain types depend on nothing).
+impl crate::model::NewJob {
+    /// A job for `prompt` with the configured painting parameters.
+    pub fn new(prompt: impl Into<String>, settings: &JobSettings) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: settings.negative_prompt.clone(),
+            width: settings.width,
+            height: settings.height,
+            steps: settings.steps,
+            scheduler: settings.scheduler.clone(),
+            guidance: settings.guidance,
+            campaign: None,
+            model: String::new(),
+            loras: Vec::new(),
+            seed: None,
+            deliver_after_secs: 0.0,
+            photo: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

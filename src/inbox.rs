@@ -9,10 +9,11 @@ use std::sync::{Arc, RwLock};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use crate::channel::{Inbound, Reply};
 use crate::command::{self, Catalog, Plan};
 use crate::config::Settings;
-use crate::store::{Admission, NewJob, Refusal, Store, StoreError, Submission};
+use crate::model::{Inbound, Reply};
+use crate::model::{NewJob, Refusal};
+use crate::store::{Admission, Store, StoreError, Submission};
 
 /// What a message asks for, once planned.
 #[derive(Debug)]

@@ -1,7 +1,115 @@
-//! Domain types every layer shares. (The rest of them — `Inbound`, `Reply`, `NewJob` — still live in `channel` and
-//! `store`; they move here as the layers are separated.)
+//! Domain types every layer shares: what a follower sends ([`Inbound`]), what huabi answers ([`Reply`]) and the
+//! LoRAs a job is painted with. Depends on nothing else in the crate.
 
 use serde::{Deserialize, Serialize};
+
+/// A message or event from a follower, independent of the platform it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The platform, e.g. `wechat`.
+    pub channel: &'static str,
+    /// The account the message was sent to (WeChat: the original id `gh_…`).
+    pub account: String,
+    /// The follower's id on that platform (WeChat: OpenID).
+    pub user_id: String,
+    /// The platform's message id, when the platform gives one (events have none).
+    pub message_id: Option<String>,
+    /// The key that makes platform retries of one message recognisable as the same message.
+    pub dedup_key: String,
+    /// When the platform says the message was sent, in unix seconds.
+    pub sent_at: i64,
+    /// What the message carries.
+    pub kind: InboundKind,
+}
+
+/// The content of an [`Inbound`] message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundKind {
+    /// A text message.
+    Text {
+        /// The text as typed.
+        content: String,
+    },
+    /// A voice message, with the platform's speech recognition when it is enabled.
+    Voice {
+        /// The recognised text, if any.
+        recognition: Option<String>,
+    },
+    /// A picture.
+    Image {
+        /// The platform's media id for the picture.
+        media_id: String,
+    },
+    /// A platform event.
+    Event(Event),
+    /// A message kind huabi does not handle; acknowledged and logged.
+    Other {
+        /// The platform's name for the kind.
+        kind: String,
+    },
+}
+
+impl InboundKind {
+    /// A short stable name for storage and logs.
+    pub fn name(&self) -> &str {
+        match self {
+            InboundKind::Text { .. } => "text",
+            InboundKind::Voice { .. } => "voice",
+            InboundKind::Image { .. } => "image",
+            InboundKind::Event(Event::Subscribe { .. }) => "event:subscribe",
+            InboundKind::Event(Event::Unsubscribe) => "event:unsubscribe",
+            InboundKind::Event(Event::Click { .. }) => "event:click",
+            InboundKind::Event(Event::Scan { .. }) => "event:scan",
+            InboundKind::Event(Event::Other { .. }) => "event:other",
+            InboundKind::Other { .. } => "other",
+        }
+    }
+}
+
+/// Platform events huabi reacts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new follower; `scene` is set when they followed through a QR code.
+    Subscribe {
+        /// The QR scene key without the `qrscene_` prefix.
+        scene: Option<String>,
+    },
+    /// A follower left.
+    Unsubscribe,
+    /// A menu button was pressed.
+    Click {
+        /// The button's key.
+        key: String,
+    },
+    /// An existing follower scanned a QR code.
+    Scan {
+        /// The scene key.
+        scene: String,
+    },
+    /// Any other event.
+    Other {
+        /// The platform's event name.
+        name: String,
+    },
+}
+
+/// What huabi answers to a message, synchronously, inside the platform's window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// Nothing to say: the platform gets its plain acknowledgement.
+    None,
+    /// A text message.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A picture already uploaded to the platform.
+    Image {
+        /// The platform's media id.
+        media_id: String,
+    },
+}
 
 /// A LoRA and the strength it is merged at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +145,86 @@ pub fn canonical_loras(loras: &[LoraChoice]) -> Vec<LoraChoice> {
 /// The stored form of a LoRA set (`jobs.loras`): canonical JSON, so equal sets are equal strings.
 pub fn loras_json(loras: &[LoraChoice]) -> String {
     serde_json::to_string(&canonical_loras(loras)).unwrap_or_else(|_| "[]".into())
+}
+
+/// A painting request huabi answered without a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The campaign it was for, if any.
+    pub campaign: Option<String>,
+    /// What matched or what was wrong.
+    pub detail: String,
+}
+
+/// The kinds of [`Refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The content filter matched.
+    Blocked,
+    /// The request was malformed (bad option, too long).
+    Invalid,
+    /// The campaign was not running.
+    OutsideWindow,
+    /// A per-follower limit or the campaign's cap.
+    Limited,
+    /// The queue was too deep (backpressure).
+    Busy,
+}
+
+impl RefusalReason {
+    /// The name stored in `inbound_messages.decision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Blocked => "blocked",
+            RefusalReason::Invalid => "invalid",
+            RefusalReason::OutsideWindow => "outside_window",
+            RefusalReason::Limited => "limited",
+            RefusalReason::Busy => "busy",
+        }
+    }
+}
+
+/// A painting request to admit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative_prompt: String,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Guidance scale.
+    pub guidance: f32,
+    /// The campaign it belongs to (`None` for a free prompt).
+    pub campaign: Option<String>,
+    /// The model to paint with (`""` = the painting worker's default).
+    pub model: String,
+    /// The LoRAs merged into it.
+    pub loras: Vec<LoraChoice>,
+    /// A seed the follower chose; `None` lets the first lease pick one.
+    pub seed: Option<i64>,
+    /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
+    /// which the request itself may answer with the picture.
+    pub deliver_after_secs: f64,
+    /// img2img: the follower's photo to paint from.
+    pub photo: Option<PhotoJob>,
+}
+
+/// The photo an img2img job paints from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhotoJob {
+    /// The platform's media id of the photo (fetched by the worker through the platform's media API).
+    pub media_id: String,
+    /// How much of it is repainted, in (0, 1].
+    pub strength: f64,
 }
 
 #[cfg(test)]

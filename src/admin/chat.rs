@@ -12,9 +12,9 @@ use time::format_description::well_known::Rfc3339;
 
 use super::auth::Role;
 use super::{Admin, AdminError, AdminResult, html};
-use crate::channel::{Inbound, InboundKind, Reply};
 use crate::http::AppState;
 use crate::inbox::Step;
+use crate::model::{Inbound, InboundKind, Reply};
 use crate::store::{Admission, Waiting};
 
 /// The test chat's channel and account.

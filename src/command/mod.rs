@@ -6,13 +6,12 @@ pub mod grammar;
 use time::OffsetDateTime;
 
 use crate::campaign::{Campaign, Campaigns, Window};
-use crate::channel::{Event, InboundKind, Reply};
 use crate::config::{ReplySettings, Settings};
 use crate::filter::ContentFilter;
 use crate::limits::{Limits, Listing};
-use crate::store::{
-    LimitCheck, NewJob, PhotoJob, QueueStatus, Refusal, RefusalReason, RefusalTexts,
-};
+use crate::model::{Event, InboundKind, Reply};
+use crate::model::{NewJob, PhotoJob, Refusal, RefusalReason};
+use crate::store::{LimitCheck, QueueStatus, RefusalTexts};
 pub use grammar::PaintRequest;
 use grammar::{Command, Grammar, sized};
 

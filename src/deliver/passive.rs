@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use super::token::TokenService;
 use super::{DeliverError, upload_name};
 use crate::channel::wechat::api::ErrorClass;
-use crate::channel::{Inbound, Reply};
 use crate::config::{DeliverySettings, ReplySettings};
+use crate::model::{Inbound, Reply};
 use crate::store::{Store, StoreError, Waiting};
 
 /// A claim outlives the request that took it by this much at most.

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::{AppState, error::ApiError};
 use crate::channel::wechat::{Received, WebhookQuery};
-use crate::channel::{Inbound, Reply};
 use crate::deliver::passive::PassiveReplies;
 use crate::inbox::Step;
+use crate::model::{Inbound, Reply};
 use crate::store::{Admission, Submission};
 
 fn now() -> i64 {

@@ -636,7 +636,7 @@ macro_rules! impl_admin_store {
                     > 0)
             }
 
-            async fn submit_preview(&self, job: &$crate::store::NewJob, by: &str) -> Result<i64, StoreError> {
+            async fn submit_preview(&self, job: &$crate::model::NewJob, by: &str) -> Result<i64, StoreError> {
                 let mut tx = self.$write.begin().await?;
                 let dedup_key = format!(
                     "preview:{by}:{}:{:08x}",
@@ -651,7 +651,7 @@ macro_rules! impl_admin_store {
                 .bind($crate::store::admin::PREVIEW_ACCOUNT)
                 .bind(&dedup_key)
                 .bind(by)
-                .bind(super::encode_reply(&$crate::channel::Reply::None))
+                .bind(super::encode_reply(&$crate::model::Reply::None))
                 .bind(job.campaign.as_deref())
                 .fetch_one(&mut *tx)
                 .await?;

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 use crate::limits::{self, Limits, Listing, Refused, Usage};
-use crate::model::LoraChoice;
+use crate::model::{Inbound, NewJob, PhotoJob, Refusal, RefusalReason, Reply};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -153,45 +152,6 @@ fn refused_submission<'a>(
     }
 }
 
-/// A painting request huabi answered without a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Why.
-    pub reason: RefusalReason,
-    /// The campaign it was for, if any.
-    pub campaign: Option<String>,
-    /// What matched or what was wrong.
-    pub detail: String,
-}
-
-/// The kinds of [`Refusal`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalReason {
-    /// The content filter matched.
-    Blocked,
-    /// The request was malformed (bad option, too long).
-    Invalid,
-    /// The campaign was not running.
-    OutsideWindow,
-    /// A per-follower limit or the campaign's cap.
-    Limited,
-    /// The queue was too deep (backpressure).
-    Busy,
-}
-
-impl RefusalReason {
-    /// The name stored in `inbound_messages.decision`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefusalReason::Blocked => "blocked",
-            RefusalReason::Invalid => "invalid",
-            RefusalReason::OutsideWindow => "outside_window",
-            RefusalReason::Limited => "limited",
-            RefusalReason::Busy => "busy",
-        }
-    }
-}
-
 impl Submission<'_> {
     /// `admitted`, `answered` (no painting asked) or the refusal's reason, for `inbound_messages.decision`.
     pub fn decision(&self) -> &'static str {
@@ -214,68 +174,6 @@ impl Submission<'_> {
     /// What the refusal matched, if anything.
     pub fn detail(&self) -> Option<&str> {
         self.refusal.as_ref().map(|r| r.detail.as_str())
-    }
-}
-
-/// A painting request to admit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewJob {
-    /// The prompt.
-    pub prompt: String,
-    /// The negative prompt.
-    pub negative_prompt: String,
-    /// Picture width.
-    pub width: u32,
-    /// Picture height.
-    pub height: u32,
-    /// Denoising steps.
-    pub steps: u32,
-    /// Scheduler name.
-    pub scheduler: String,
-    /// Guidance scale.
-    pub guidance: f32,
-    /// The campaign it belongs to (`None` for a free prompt).
-    pub campaign: Option<String>,
-    /// The model to paint with (`""` = the painting worker's default).
-    pub model: String,
-    /// The LoRAs merged into it.
-    pub loras: Vec<LoraChoice>,
-    /// A seed the follower chose; `None` lets the first lease pick one.
-    pub seed: Option<i64>,
-    /// Seconds after admission before a deliverer may take the finished picture: the webhook's fast-path window, in
-    /// which the request itself may answer with the picture.
-    pub deliver_after_secs: f64,
-    /// img2img: the follower's photo to paint from.
-    pub photo: Option<PhotoJob>,
-}
-
-/// The photo an img2img job paints from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PhotoJob {
-    /// The platform's media id of the photo (fetched by the worker through the platform's media API).
-    pub media_id: String,
-    /// How much of it is repainted, in (0, 1].
-    pub strength: f64,
-}
-
-impl NewJob {
-    /// A job for `prompt` with the configured painting parameters.
-    pub fn new(prompt: impl Into<String>, settings: &crate::config::JobSettings) -> Self {
-        Self {
-            prompt: prompt.into(),
-            negative_prompt: settings.negative_prompt.clone(),
-            width: settings.width,
-            height: settings.height,
-            steps: settings.steps,
-            scheduler: settings.scheduler.clone(),
-            guidance: settings.guidance,
-            campaign: None,
-            model: String::new(),
-            loras: Vec::new(),
-            seed: None,
-            deliver_after_secs: 0.0,
-            photo: None,
-        }
     }
 }
 

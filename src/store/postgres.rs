@@ -15,10 +15,10 @@ use super::{
     StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply,
     encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
-use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 use crate::limits::{Limits, Refused, Usage};
 use crate::model::loras_json;
+use crate::model::{Inbound, Reply};
 
 /// Dedup insert and job insert in one statement (one transaction, one round trip). A concurrent insert of the
 /// same key waits for the other transaction and then does nothing, so exactly one caller creates the job.

@@ -20,9 +20,9 @@ use super::{
     StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply,
     encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
-use crate::channel::{Inbound, Reply};
 use crate::config::DatabaseSettings;
 use crate::model::loras_json;
+use crate::model::{Inbound, Reply};
 
 /// The current time in the format every SQLite timestamp column uses (so text comparison orders them).
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";

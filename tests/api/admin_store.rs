@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use huabi::channel::{Inbound, InboundKind, Reply};
+use huabi::model::NewJob;
+use huabi::model::{Inbound, InboundKind, Reply};
 use huabi::store::admin::{JobFilter, NewAudit};
-use huabi::store::{self, Admission, NewJob, Store, Submission};
+use huabi::store::{self, Admission, Store, Submission};
 use time::{Duration, OffsetDateTime};
 
 use crate::helpers::{Backend, TestDb, paints_default, settings};

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use huabi::channel::{Inbound, InboundKind, Reply};
-use huabi::store::{self, DeliveryEnd, Hold, NewJob, Store, Submission, Waiting};
+use huabi::model::NewJob;
+use huabi::model::{Inbound, InboundKind, Reply};
+use huabi::store::{self, DeliveryEnd, Hold, Store, Submission, Waiting};
 
 use crate::helpers::{Backend, TestDb, settings};
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use huabi::channel::{Inbound, InboundKind, Reply};
 use huabi::limits::{Limits, Listing};
-use huabi::store::{Admission, LimitCheck, NewJob, RefusalTexts, Store, Submission};
+use huabi::model::NewJob;
+use huabi::model::{Inbound, InboundKind, Reply};
+use huabi::store::{Admission, LimitCheck, RefusalTexts, Store, Submission};
 use time::OffsetDateTime;
 use time::macros::datetime;
 

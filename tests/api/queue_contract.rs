@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use huabi::channel::{Inbound, InboundKind, Reply};
-use huabi::store::{self, JobFate, NewJob, Store, Submission};
+use huabi::model::NewJob;
+use huabi::model::{Inbound, InboundKind, Reply};
+use huabi::store::{self, JobFate, Store, Submission};
 
 use crate::helpers::{Backend, TestDb, settings};
 

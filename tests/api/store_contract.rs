@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use huabi::channel::{Event, Inbound, InboundKind, Reply};
-use huabi::store::{self, Admission, NewJob, Store, Submission};
+use huabi::model::NewJob;
+use huabi::model::{Event, Inbound, InboundKind, Reply};
+use huabi::store::{self, Admission, Store, Submission};
 
 use crate::helpers::{Backend, TestDb, settings};
 

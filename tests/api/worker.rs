@@ -69,10 +69,11 @@ async fn postgres_messages_become_labelled_pictures() {
 
 #[tokio::test]
 async fn an_invalid_job_fails_alone_and_its_batch_neighbours_are_painted() {
-    use huabi::channel::{Inbound, InboundKind, Reply};
     use huabi::engine::EngineHandle;
+    use huabi::model::NewJob;
+    use huabi::model::{Inbound, InboundKind, Reply};
     use huabi::queue::{Outcome, Worker};
-    use huabi::store::{self, Admission, NewJob, Submission};
+    use huabi::store::{self, Admission, Submission};
 
     let db = TestDb::new(Backend::Sqlite).await;
     let model = format!("{}/models/tiny-sd", env!("CARGO_MANIFEST_DIR"));

@@ -8,8 +8,8 @@ pub mod xml;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::channel::{Event, Inbound, InboundKind, Reply};
 use crate::config::WechatSettings;
+use crate::model::{Event, Inbound, InboundKind, Reply};
 use crypto::{AesKey, CryptoError};
 use xml::{Fields, XmlError};
 
