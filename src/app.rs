@@ -11,19 +11,22 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::campaign;
-use crate::channel::MediaSource;
+use crate::channel::registry::{AccountChannel, Channels};
+use crate::channel::telegram::api::{TelegramApi, TelegramOutbound};
+use crate::channel::telegram::{self, TelegramChannel};
 use crate::channel::wechat::WechatChannel;
 use crate::channel::wechat::api::WechatApi;
+use crate::channel::{MediaSource, Outbound};
 use crate::command::Catalog;
 use crate::config::Settings;
 use crate::deliver::Deliverer;
-use crate::deliver::media::WechatMedia;
 use crate::deliver::passive::PassiveReplies;
 use crate::deliver::token::TokenService;
+use crate::deliver::wechat::WechatOutbound;
 use crate::engine::EngineHandle;
 use crate::engine::translate::Translator;
 use crate::filter::{self, ContentFilter};
-use crate::http::{AppState, router};
+use crate::http::{AppState, TelegramEndpoint, Webhook, WechatEndpoint, router};
 use crate::queue::Worker;
 use crate::store::{self, Store};
 
@@ -34,7 +37,7 @@ pub enum Role {
     Web,
     /// Paint queued jobs.
     Worker,
-    /// Deliver finished pictures through WeChat's API.
+    /// Deliver finished pictures through each platform's API.
     Deliver,
 }
 
@@ -67,27 +70,85 @@ impl App {
             )
         })?;
         store.migrate().await.context("applying migrations")?;
-        let wechat = WechatChannel::new(&settings.wechat).context("WeChat settings")?;
-        if !wechat.is_configured() {
-            tracing::warn!(
-                "HUABI__WECHAT__TOKEN is not set: /webhook/wechat answers 503 until it is"
-            );
-        }
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let (finished, _) = broadcast::channel(1024);
-        let api = Arc::new(WechatApi::new(
-            &settings.wechat.api_base,
-            &settings.wechat.app_id,
-            settings.wechat.app_secret.clone(),
-            Duration::from_secs_f64(settings.delivery.api_timeout_secs),
-        ));
-        let tokens = Arc::new(TokenService::new(
-            store.clone(),
-            api.clone(),
-            node_id("token"),
-        ));
+        let web = roles.contains(&Role::Web);
+        let mut channels = Channels::new();
+        let mut endpoints: Vec<Arc<dyn Webhook>> = Vec::new();
+        for account in &settings.channels.wechat {
+            let name = account.name.as_str();
+            let channel = WechatChannel::new(name, &account.settings)
+                .with_context(|| format!("WeChat account {name}"))?;
+            if !channel.is_configured() {
+                tracing::warn!(
+                    account = name,
+                    "the WeChat account has no Token (HUABI__WECHAT__TOKEN for `default`): its webhook answers 503 until it has"
+                );
+            }
+            let api = Arc::new(WechatApi::new(
+                &account.settings.api_base,
+                &account.settings.app_id,
+                account.settings.app_secret.clone(),
+                Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+            ));
+            let mut passive = None;
+            if api.is_configured() {
+                let tokens = Arc::new(TokenService::new(
+                    store.clone(),
+                    api.clone(),
+                    node_id("token"),
+                ));
+                let outbound = Arc::new(WechatOutbound::new(tokens.clone()));
+                channels.insert(
+                    crate::channel::wechat::CHANNEL,
+                    name,
+                    AccountChannel {
+                        outbound: outbound.clone(),
+                        media: Some(outbound as Arc<dyn MediaSource>),
+                    },
+                );
+                passive = web.then(|| {
+                    Arc::new(PassiveReplies::new(
+                        store.clone(),
+                        tokens,
+                        node_id("web"),
+                        settings.delivery.clone(),
+                        settings.replies.clone(),
+                        finished.clone(),
+                    ))
+                });
+            }
+            endpoints.push(Arc::new(WechatEndpoint { channel, passive }));
+        }
+        for account in &settings.channels.telegram {
+            let name = account.name.as_str();
+            let api = TelegramApi::new(
+                &account.api_base,
+                account.bot_token.clone(),
+                Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+            );
+            let outbound = api
+                .is_configured()
+                .then(|| Arc::new(TelegramOutbound::new(api)));
+            if let Some(outbound) = &outbound {
+                channels.insert(
+                    telegram::CHANNEL,
+                    name,
+                    AccountChannel {
+                        outbound: outbound.clone(),
+                        media: Some(outbound.clone() as Arc<dyn MediaSource>),
+                    },
+                );
+            }
+            let channel = TelegramChannel::new(name, account.secret_token.clone());
+            endpoints.push(Arc::new(TelegramEndpoint {
+                channel,
+                outbound: outbound.map(|o| o as Arc<dyn Outbound>),
+            }));
+        }
+        let channels = Arc::new(channels);
         let worker = if roles.contains(&Role::Worker) {
             let config = settings.engine.clone();
             let translate = settings.translate.clone();
@@ -104,9 +165,7 @@ impl App {
                     "HUABI__TRANSLATE__MODEL_DIR is not set: Chinese outside campaign glossaries goes to the text encoder as it is"
                 );
             }
-            let media: Option<Arc<dyn MediaSource>> = api
-                .is_configured()
-                .then(|| Arc::new(WechatMedia::new(tokens.clone())) as Arc<dyn MediaSource>);
+            let media = (!channels.is_empty()).then(|| channels.clone() as Arc<dyn MediaSource>);
             Some(
                 Worker::new(
                     store.clone(),
@@ -125,33 +184,23 @@ impl App {
             None
         };
         let deliverer = match roles.contains(&Role::Deliver) {
-            true if api.is_configured() => Some(Deliverer::new(
+            true if !channels.is_empty() => Some(Deliverer::new(
                 store.clone(),
-                tokens.clone(),
+                channels.clone(),
                 node_id("deliver"),
                 settings.delivery.clone(),
                 settings.replies.failed.clone(),
             )),
             true => {
                 tracing::warn!(
-                    "HUABI__WECHAT__APP_ID / APP_SECRET are not set: this node delivers nothing (pictures stay in the database)"
+                    "no account has API credentials (HUABI__WECHAT__APP_ID / APP_SECRET, …): this node delivers nothing (pictures stay in the database)"
                 );
                 None
             }
             false => None,
         };
-        let passive = (roles.contains(&Role::Web) && api.is_configured()).then(|| {
-            Arc::new(PassiveReplies::new(
-                store.clone(),
-                tokens.clone(),
-                node_id("web"),
-                settings.delivery.clone(),
-                settings.replies.clone(),
-                finished.clone(),
-            ))
-        });
         let catalog = load_catalog(&*store, &settings, true).await?;
-        let state = AppState::new(store, wechat, settings, catalog, passive);
+        let state = AppState::new(store, endpoints, settings, catalog);
         Ok(Self {
             listener,
             state,
@@ -195,7 +244,7 @@ impl App {
                 .await
                 .context("listening for new jobs")?;
         }
-        if self.deliverer.is_some() || self.state.passive.is_some() {
+        if self.deliverer.is_some() || self.state.has_passive_replies() {
             self.state
                 .store
                 .subscribe_finished(self.finished.clone())
@@ -208,7 +257,7 @@ impl App {
             .await
             .context("listening for campaign changes")?;
         tokio::spawn(reload_catalog(self.state.clone(), stop.clone()));
-        if self.state.settings.limits.busy_queue > 0 || self.state.passive.is_some() {
+        if self.state.settings.limits.busy_queue > 0 || self.state.has_passive_replies() {
             tokio::spawn(count_queue(self.state.clone(), stop.clone()));
         }
         tokio::spawn(announce_task(

@@ -63,8 +63,35 @@ pub enum Command {
         #[arg(long)]
         no_load: bool,
     },
-    /// Run a local stand-in for WeChat's API (point HUABI__WECHAT__API_BASE at it) to try huabi without an account.
+    /// Run a local stand-in for a platform's API (WeChat: point HUABI__WECHAT__API_BASE at it; Telegram: an
+    /// account's api_base) to try huabi without an account.
     Standin(StandinOptions),
+    /// Telegram bots.
+    #[command(subcommand)]
+    Telegram(TelegramCommand),
+}
+
+/// `huabi telegram …`.
+#[derive(Debug, Subcommand)]
+pub enum TelegramCommand {
+    /// Points the bot's webhook at huabi (`setWebhook` with the account's secret token).
+    SetWebhook {
+        /// The account (`[[channels.telegram]]` name).
+        #[arg(long)]
+        account: String,
+        /// The public HTTPS address of `/webhook/telegram/{account}`.
+        #[arg(long)]
+        url: String,
+    },
+}
+
+/// The platforms `huabi standin` can stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StandinPlatform {
+    /// WeChat's API.
+    Wechat,
+    /// Telegram's Bot API.
+    Telegram,
 }
 
 /// `huabi campaign …`.
@@ -112,13 +139,27 @@ pub struct StandinOptions {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: std::net::SocketAddr,
-    /// The AppID it accepts.
-    #[arg(long, env = "HUABI__WECHAT__APP_ID")]
+    /// Which platform's API.
+    #[arg(long, value_enum, default_value = "wechat")]
+    platform: StandinPlatform,
+    /// WeChat: the AppID it accepts.
+    #[arg(long, env = "HUABI__WECHAT__APP_ID", default_value = "")]
     app_id: String,
-    /// The AppSecret it accepts.
-    #[arg(long, env = "HUABI__WECHAT__APP_SECRET", hide_env_values = true)]
+    /// WeChat: the AppSecret it accepts.
+    #[arg(
+        long,
+        env = "HUABI__WECHAT__APP_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     app_secret: String,
-    /// Share of calls (0-1) that fail with one of --faults.
+    /// Telegram: the bot token it accepts.
+    #[arg(long, default_value = "")]
+    bot_token: String,
+    /// Telegram: chats that blocked the bot (403), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    blocked_chats: Vec<String>,
+    /// Share of calls (0-1) that fail (WeChat: with one of --faults; Telegram: 429 or 500).
     #[arg(long, default_value_t = 0.0)]
     fault_rate: f64,
     /// Faults to inject.
@@ -337,6 +378,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Standin(options) => standin(options).await,
+        Command::Telegram(TelegramCommand::SetWebhook { account, url }) => {
+            let settings = load_settings()?;
+            let bot = settings
+                .channels
+                .telegram
+                .iter()
+                .find(|a| a.name == account)
+                .with_context(|| format!("no Telegram account named {account:?} is configured"))?;
+            anyhow::ensure!(
+                !secrecy::ExposeSecret::expose_secret(&bot.secret_token).is_empty(),
+                "the account has no secret_token: set HUABI__CHANNELS__TELEGRAM__{}__SECRET_TOKEN",
+                account.to_uppercase()
+            );
+            let api = crate::channel::telegram::api::TelegramApi::new(
+                &bot.api_base,
+                bot.bot_token.clone(),
+                Duration::from_secs(30),
+            );
+            api.set_webhook(
+                &url,
+                secrecy::ExposeSecret::expose_secret(&bot.secret_token),
+            )
+            .await?;
+            println!("webhook of {account} set to {url}");
+            Ok(())
+        }
         Command::Admin(AdminCommand::AddUser { name, role }) => add_user(&name, &role).await,
         Command::Models { format, no_load } => {
             let settings = load_settings()?;
@@ -498,6 +565,31 @@ async fn add_user(name: &str, role: &str) -> anyhow::Result<()> {
 
 async fn standin(o: StandinOptions) -> anyhow::Result<()> {
     load_settings()?; // for the log settings
+    let listener = tokio::net::TcpListener::bind(o.listen)
+        .await
+        .with_context(|| format!("binding {}", o.listen))?;
+    if o.platform == StandinPlatform::Telegram {
+        anyhow::ensure!(!o.bot_token.is_empty(), "--bot-token is required");
+        let stand_in = crate::standin::telegram::TelegramStandIn::new(
+            crate::standin::telegram::TelegramOptions {
+                bot_token: o.bot_token,
+                fault_rate: o.fault_rate,
+                retry_after_secs: 1,
+                blocked_chats: o.blocked_chats,
+                seed: 1,
+            },
+        );
+        tracing::info!(listen = %o.listen, "Telegram Bot API stand-in serving; GET /_standin/record shows what it received");
+        tokio::select! {
+            served = stand_in.serve(listener) => served.context("stand-in server")?,
+            _ = shutdown_signal() => {}
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !o.app_id.is_empty() && !o.app_secret.is_empty(),
+        "--app-id and --app-secret (or HUABI__WECHAT__APP_ID / APP_SECRET) are required"
+    );
     if let Some(dir) = &o.save_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -511,9 +603,6 @@ async fn standin(o: StandinOptions) -> anyhow::Result<()> {
         save_dir: o.save_dir,
         ..Default::default()
     });
-    let listener = tokio::net::TcpListener::bind(o.listen)
-        .await
-        .with_context(|| format!("binding {}", o.listen))?;
     tracing::info!(listen = %o.listen, "WeChat API stand-in serving; GET /_standin/record shows what it received");
     tokio::select! {
         served = stand_in.serve(listener) => served.context("stand-in server")?,

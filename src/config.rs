@@ -24,7 +24,7 @@ pub enum ConfigError {
     #[error("configuration: {key}: {reason}")]
     Invalid {
         /// The offending key, as `section.key`.
-        key: &'static str,
+        key: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -37,8 +37,12 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Database connection.
     pub database: DatabaseSettings,
-    /// The WeChat Official Account.
+    /// The WeChat Official Account of single-account deployments (becomes the account `default`).
     pub wechat: WechatSettings,
+    /// Every platform account, several per platform (`[[channels.wechat]]`, …); after loading, the `[wechat]`
+    /// account is among them as `default` where it applies.
+    #[serde(default)]
+    pub channels: ChannelSettings,
     /// The painting engine.
     pub engine: crate::engine::EngineConfig,
     /// Translating Chinese prompts.
@@ -128,8 +132,99 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-/// `[wechat]`.
+/// `[channels]`: the accounts huabi serves, by platform.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// WeChat Official Accounts (`[[channels.wechat]]`).
+    #[serde(default)]
+    pub wechat: Vec<WechatAccount>,
+    /// Telegram bots (`[[channels.telegram]]`).
+    #[serde(default)]
+    pub telegram: Vec<TelegramAccount>,
+}
+
+/// One `[[channels.telegram]]` entry: a bot.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramAccount {
+    /// The account's name in URLs (`/webhook/telegram/{name}`), storage and the environment.
+    pub name: String,
+    /// The token @BotFather gave (secret).
+    #[serde(default = "empty_secret")]
+    pub bot_token: SecretString,
+    /// The secret Telegram sends with every update (`setWebhook`'s `secret_token`; 1–256 of `A-Za-z0-9_-`).
+    #[serde(default = "empty_secret")]
+    pub secret_token: SecretString,
+    /// Bot API base URL; tests point it at a local server.
+    #[serde(default = "telegram_api_base")]
+    pub api_base: String,
+}
+
+fn empty_secret() -> SecretString {
+    SecretString::from("")
+}
+
+fn telegram_api_base() -> String {
+    "https://api.telegram.org".into()
+}
+
+impl TelegramAccount {
+    /// An entry named `name` with nothing set.
+    fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            bot_token: empty_secret(),
+            secret_token: empty_secret(),
+            api_base: telegram_api_base(),
+        }
+    }
+
+    /// Sets `field` from the environment (`HUABI__CHANNELS__TELEGRAM__<NAME>__<FIELD>`).
+    fn set(&mut self, field: &str, value: &str) -> Result<(), String> {
+        match field {
+            "bot_token" => self.bot_token = value.into(),
+            "secret_token" => self.secret_token = value.into(),
+            "api_base" => self.api_base = value.into(),
+            other => return Err(format!("unknown key {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Checks the secret token's form (Telegram refuses others at `setWebhook`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let secret = self.secret_token.expose_secret();
+        let ok = secret.len() <= 256
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                key: format!("channels.telegram.{}.secret_token", self.name),
+                reason: "use at most 256 of A-Z, a-z, 0-9, _ and -".into(),
+            })
+        }
+    }
+}
+
+/// One `[[channels.wechat]]` entry: `[wechat]`'s keys and a name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WechatAccount {
+    /// The account's name in URLs (`/webhook/wechat/{name}`), storage and the environment.
+    pub name: String,
+    /// Its credentials and checks.
+    #[serde(flatten)]
+    pub settings: WechatSettings,
+}
+
+/// The WeChat account `[wechat]` and `HUABI__WECHAT__*` configure.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// `[wechat]`, and each `[[channels.wechat]]` entry (missing keys take `[wechat]`'s defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct WechatSettings {
     /// The console Token (secret).
     pub token: SecretString,
@@ -145,6 +240,204 @@ pub struct WechatSettings {
     pub api_base: String,
     /// Allowed difference between a request's timestamp and now, in seconds.
     pub max_clock_skew_secs: u64,
+}
+
+impl Default for WechatSettings {
+    fn default() -> Self {
+        Self {
+            token: SecretString::from(""),
+            app_id: String::new(),
+            app_secret: SecretString::from(""),
+            aes_key: SecretString::from(""),
+            previous_aes_key: SecretString::from(""),
+            api_base: "https://api.weixin.qq.com".into(),
+            max_clock_skew_secs: 600,
+        }
+    }
+}
+
+impl WechatSettings {
+    /// Whether a Token is set (without one no request can be authenticated).
+    pub fn is_configured(&self) -> bool {
+        !self.token.expose_secret().is_empty()
+    }
+
+    /// Sets `field` from the environment (`HUABI__CHANNELS__WECHAT__<NAME>__<FIELD>`).
+    fn set(&mut self, field: &str, value: &str) -> Result<(), String> {
+        match field {
+            "token" => self.token = value.into(),
+            "app_id" => self.app_id = value.into(),
+            "app_secret" => self.app_secret = value.into(),
+            "aes_key" => self.aes_key = value.into(),
+            "previous_aes_key" => self.previous_aes_key = value.into(),
+            "api_base" => self.api_base = value.into(),
+            "max_clock_skew_secs" => {
+                self.max_clock_skew_secs = value.parse().map_err(|e| format!("{e}"))?
+            }
+            other => return Err(format!("unknown key {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Checks the keys: AES keys well-formed, an AppID beside them. `prefix` names the section in errors.
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let aes = self.aes_key.expose_secret();
+        for (key, value) in [
+            ("aes_key", aes),
+            ("previous_aes_key", self.previous_aes_key.expose_secret()),
+        ] {
+            if !value.is_empty() {
+                crate::channel::wechat::crypto::AesKey::from_encoding_key(value).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: format!("{prefix}.{key}"),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+        }
+        if !aes.is_empty() && self.app_id.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: format!("{prefix}.app_id"),
+                reason:
+                    "required when aes_key is set (it is checked inside every encrypted message)"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name an account: lowercase ASCII letters, digits, `-` and `_`, at most 32, starting with a
+/// letter or digit (it appears in URLs and environment variable names).
+pub fn valid_account_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// The prefix of environment variables that address platform accounts by name.
+const CHANNELS_ENV: &str = "HUABI__CHANNELS__";
+
+impl ChannelSettings {
+    /// Applies `HUABI__CHANNELS__<PLATFORM>__<NAME>__<FIELD>` variables: to the entry of that name, or to a new one.
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let mut vars: Vec<_> = env
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(CHANNELS_ENV).map(|rest| (k, rest, v)))
+            .collect();
+        vars.sort();
+        for (var, rest, value) in vars {
+            let invalid = |reason: String| ConfigError::Invalid {
+                key: var.clone(),
+                reason,
+            };
+            let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let [platform, name, field] = parts.as_slice() else {
+                return Err(invalid(
+                    "expected HUABI__CHANNELS__<PLATFORM>__<NAME>__<FIELD>".into(),
+                ));
+            };
+            match platform.as_str() {
+                "wechat" => {
+                    // A shell cannot export `-` in a name: `BRAND_A` also addresses an entry named `brand-a`.
+                    let index = match self
+                        .wechat
+                        .iter()
+                        .position(|a| a.name.replace('-', "_") == *name)
+                    {
+                        Some(i) => i,
+                        None => {
+                            self.wechat.push(WechatAccount {
+                                name: name.clone(),
+                                settings: WechatSettings::default(),
+                            });
+                            self.wechat.len() - 1
+                        }
+                    };
+                    self.wechat[index]
+                        .settings
+                        .set(field, value)
+                        .map_err(invalid)?;
+                }
+                "telegram" => {
+                    let index = match self
+                        .telegram
+                        .iter()
+                        .position(|a| a.name.replace('-', "_") == *name)
+                    {
+                        Some(i) => i,
+                        None => {
+                            self.telegram.push(TelegramAccount::named(name));
+                            self.telegram.len() - 1
+                        }
+                    };
+                    self.telegram[index].set(field, value).map_err(invalid)?;
+                }
+                other => return Err(invalid(format!("unknown platform {other:?}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `[wechat]` among the WeChat accounts as `default`: always when no other account is listed (so a node
+    /// without a Token answers 503, as before), else only when it has a Token.
+    fn adopt_default(&mut self, wechat: &WechatSettings) -> Result<(), ConfigError> {
+        if self.wechat.is_empty() || wechat.is_configured() {
+            if self.wechat.iter().any(|a| a.name == DEFAULT_ACCOUNT) {
+                return Err(ConfigError::Invalid {
+                    key: "channels.wechat".into(),
+                    reason:
+                        "an account named \"default\" is listed and [wechat] is set too: keep one"
+                            .into(),
+                });
+            }
+            self.wechat.insert(
+                0,
+                WechatAccount {
+                    name: DEFAULT_ACCOUNT.into(),
+                    settings: wechat.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks every account: names valid and unique per platform, keys well-formed.
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_names("wechat", self.wechat.iter().map(|a| a.name.as_str()))?;
+        check_names("telegram", self.telegram.iter().map(|a| a.name.as_str()))?;
+        for account in &self.wechat {
+            account
+                .settings
+                .validate(&format!("channels.wechat.{}", account.name))?;
+        }
+        self.telegram.iter().try_for_each(TelegramAccount::validate)
+    }
+}
+
+/// Account names of one platform: valid and unique.
+fn check_names<'a>(
+    platform: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        let invalid = |reason| ConfigError::Invalid {
+            key: format!("channels.{platform}.name"),
+            reason,
+        };
+        if !valid_account_name(name) {
+            return Err(invalid(format!(
+                "{name:?}: use 1-32 lowercase letters, digits, - or _"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// `[jobs]`: painting parameters of a request and the queue's leases.
@@ -334,7 +627,7 @@ impl Settings {
         }
         let huabi_env: HashMap<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with("HUABI__"))
+            .filter(|(k, _)| k.starts_with("HUABI__") && !k.starts_with(CHANNELS_ENV))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
@@ -362,37 +655,18 @@ impl Settings {
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.engine.safety = settings.safety.clone();
+        settings.channels.apply_env(&env)?;
+        settings.wechat.validate("wechat")?;
+        settings.channels.adopt_default(&settings.wechat)?;
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let aes = self.wechat.aes_key.expose_secret();
-        for (key, value) in [
-            ("wechat.aes_key", aes),
-            (
-                "wechat.previous_aes_key",
-                self.wechat.previous_aes_key.expose_secret(),
-            ),
-        ] {
-            if !value.is_empty() {
-                crate::channel::wechat::crypto::AesKey::from_encoding_key(value).map_err(|e| {
-                    ConfigError::Invalid {
-                        key,
-                        reason: e.to_string(),
-                    }
-                })?;
-            }
-        }
-        if !aes.is_empty() && self.wechat.app_id.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "wechat.app_id",
-                reason: "required when wechat.aes_key is set (it is checked inside every encrypted message)".into(),
-            });
-        }
+        self.channels.validate()?;
         if self.server.body_limit_bytes == 0 {
             return Err(ConfigError::Invalid {
-                key: "server.body_limit_bytes",
+                key: "server.body_limit_bytes".into(),
                 reason: "must be positive".into(),
             });
         }
@@ -403,7 +677,7 @@ impl Settings {
             .is_err()
         {
             return Err(ConfigError::Invalid {
-                key: "jobs.scheduler",
+                key: "jobs.scheduler".into(),
                 reason: format!("unknown scheduler {:?}", self.jobs.scheduler),
             });
         }
@@ -414,7 +688,7 @@ impl Settings {
             || self.jobs.poll_secs <= 0.0
         {
             return Err(ConfigError::Invalid {
-                key: "jobs.lease_secs",
+                key: "jobs.lease_secs".into(),
                 reason: "lease_secs and poll_secs must be positive and max_attempts at least 1"
                     .into(),
             });
@@ -423,7 +697,7 @@ impl Settings {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !(d.fast_path_secs.is_finite() && (0.0..=4.0).contains(&d.fast_path_secs)) {
             return Err(ConfigError::Invalid {
-                key: "delivery.fast_path_secs",
+                key: "delivery.fast_path_secs".into(),
                 reason: "must be between 0 and 4 (WeChat waits 5 s for an answer)".into(),
             });
         }
@@ -436,19 +710,19 @@ impl Settings {
             && d.concurrency >= 1)
         {
             return Err(ConfigError::Invalid {
-                key: "delivery",
+                key: "delivery".into(),
                 reason: "lease, backoff, timeout and poll seconds must be positive, max_attempts and concurrency at least 1".into(),
             });
         }
         if !(self.campaigns.reload_secs.is_finite() && self.campaigns.reload_secs > 0.0) {
             return Err(ConfigError::Invalid {
-                key: "campaigns.reload_secs",
+                key: "campaigns.reload_secs".into(),
                 reason: "must be positive".into(),
             });
         }
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid {
-                key: "database.max_connections",
+                key: "database.max_connections".into(),
                 reason: "must be positive".into(),
             });
         }
@@ -617,5 +891,122 @@ mod tests {
         )]))
         .expect_err("app id is required with a key");
         assert!(err.to_string().contains("app_id"), "{err}");
+    }
+
+    fn with_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_from(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn wechat_alone_is_the_default_account() {
+        let s = with_env(&[("HUABI__WECHAT__TOKEN", "tok")]).expect("valid");
+        let names: Vec<_> = s.channels.wechat.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["default"]);
+        assert_eq!(s.channels.wechat[0].settings.token.expose_secret(), "tok");
+        // Nothing configured at all: still `default`, so its webhook answers 503 rather than 404.
+        let s = with_env(&[]).expect("valid");
+        assert_eq!(s.channels.wechat.len(), 1);
+        assert!(!s.channels.wechat[0].settings.is_configured());
+    }
+
+    #[test]
+    fn accounts_are_addressed_by_name_from_the_environment() {
+        let s = with_env(&[
+            ("HUABI__CHANNELS__WECHAT__BRAND_A__TOKEN", "a-tok"),
+            ("HUABI__CHANNELS__WECHAT__BRAND_A__APP_SECRET", "a-secret"),
+            ("HUABI__CHANNELS__WECHAT__SHOP__TOKEN", "s-tok"),
+            ("HUABI__CHANNELS__WECHAT__SHOP__MAX_CLOCK_SKEW_SECS", "30"),
+        ])
+        .expect("valid");
+        let names: Vec<_> = s.channels.wechat.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["brand_a", "shop"],
+            "no default without a [wechat] Token"
+        );
+        let a = &s.channels.wechat[0].settings;
+        assert_eq!(a.app_secret.expose_secret(), "a-secret");
+        assert_eq!(
+            a.api_base, "https://api.weixin.qq.com",
+            "defaults fill the rest"
+        );
+        assert_eq!(s.channels.wechat[1].settings.max_clock_skew_secs, 30);
+        let s = with_env(&[
+            ("HUABI__WECHAT__TOKEN", "tok"),
+            ("HUABI__CHANNELS__WECHAT__SHOP__TOKEN", "s-tok"),
+        ])
+        .expect("valid");
+        let names: Vec<_> = s.channels.wechat.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["default", "shop"]);
+    }
+
+    #[test]
+    fn bad_accounts_are_refused_naming_the_key() {
+        for (env, key) in [
+            (
+                vec![("HUABI__CHANNELS__WECHAT__SHOP__COLOUR", "x")],
+                "HUABI__CHANNELS__WECHAT__SHOP__COLOUR",
+            ),
+            (
+                vec![("HUABI__CHANNELS__WECHAT__SHOP", "x")],
+                "HUABI__CHANNELS__WECHAT__SHOP",
+            ),
+            (vec![("HUABI__CHANNELS__ICQ__SHOP__TOKEN", "x")], "ICQ"),
+            (
+                vec![("HUABI__CHANNELS__WECHAT__SHOP__AES_KEY", "short")],
+                "channels.wechat.shop.aes_key",
+            ),
+            (
+                vec![("HUABI__CHANNELS__WECHAT__SHOP__MAX_CLOCK_SKEW_SECS", "soon")],
+                "MAX_CLOCK_SKEW_SECS",
+            ),
+            (
+                vec![
+                    ("HUABI__WECHAT__TOKEN", "t"),
+                    ("HUABI__CHANNELS__WECHAT__DEFAULT__TOKEN", "u"),
+                ],
+                "channels.wechat",
+            ),
+            (
+                vec![("HUABI__CHANNELS__WECHAT__SHOP!__TOKEN", "x")],
+                "channels.wechat.name",
+            ),
+        ] {
+            let err = with_env(&env).expect_err("refused").to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn accounts_come_from_the_config_file_and_the_environment_adds_secrets() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("huabi.toml");
+        std::fs::write(
+            &path,
+            "[[channels.wechat]]\nname = \"brand-a\"\ntoken = \"a\"\napp_id = \"wx_a\"\n\n\
+             [[channels.wechat]]\nname = \"brand-b\"\ntoken = \"b\"\napi_base = \"http://127.0.0.1:9\"\n",
+        )
+        .expect("write");
+        let s = with_env(&[
+            ("HUABI_CONFIG", path.to_str().expect("utf-8")),
+            ("HUABI__CHANNELS__WECHAT__BRAND_B__APP_SECRET", "from-env"),
+        ])
+        .expect("valid");
+        let names: Vec<_> = s.channels.wechat.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["brand-a", "brand-b"]);
+        let b = &s.channels.wechat[1].settings;
+        assert_eq!(
+            (
+                b.token.expose_secret(),
+                b.app_secret.expose_secret(),
+                b.api_base.as_str()
+            ),
+            ("b", "from-env", "http://127.0.0.1:9")
+        );
     }
 }

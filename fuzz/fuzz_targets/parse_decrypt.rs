@@ -20,7 +20,7 @@ static CHANNEL: LazyLock<WechatChannel> = LazyLock::new(|| {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    WechatChannel::new(&Settings::load_from(env).expect("settings").wechat).expect("channel")
+    WechatChannel::new("default", &Settings::load_from(env).expect("settings").wechat).expect("channel")
 });
 
 fuzz_target!(|data: &[u8]| {

@@ -1,10 +1,11 @@
-//! Delivery: lease finished jobs, upload each picture as temporary media and send it as a customer-service
-//! message (or tell the follower a painting failed), retry transient errors with backoff and jitter, and keep what
-//! cannot be sent for the fetch flow. [`passive`] answers a webhook request with the picture itself.
+//! Delivery: lease the finished jobs of the accounts this node sends through, upload each picture and send it
+//! through the job's own platform and account (or tell the follower a painting failed), retry transient errors
+//! with backoff and jitter, and keep what cannot be sent for the fetch flow. [`passive`] answers a WeChat webhook
+//! request with the picture itself; [`wechat`] is a WeChat account behind the neutral [`Outbound`].
 
-pub mod media;
 pub mod passive;
 pub mod token;
+pub mod wechat;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +14,11 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::wechat::api::{ApiError, ErrorClass};
+use crate::channel::registry::Channels;
+use crate::channel::wechat::api::ApiError;
+use crate::channel::{ErrorClass, Outbound, Picture, SendError};
 use crate::config::DeliverySettings;
 use crate::store::{DeliveryEnd, DeliveryTask, Hold, Store, StoreError};
-use token::TokenService;
 
 /// Why a delivery step failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,9 @@ pub enum DeliverError {
     /// WeChat's API refused or did not answer.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// A platform refused or did not answer.
+    #[error(transparent)]
+    Send(#[from] SendError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -44,9 +49,10 @@ pub fn backoff_secs(settings: &DeliverySettings, attempt: i32, jitter: f64) -> f
     plain * (0.5 + jitter.clamp(0.0, 1.0))
 }
 
-/// What to record after a failed attempt: retry later, or keep the picture for the fetch flow.
+/// What to record after a failed attempt: retry later (not sooner than the platform asked), or keep the picture
+/// for the fetch flow.
 pub fn end_for<'a>(
-    error: &'a ApiError,
+    error: &'a SendError,
     message: &'a str,
     attempt: i32,
     settings: &DeliverySettings,
@@ -56,42 +62,44 @@ pub fn end_for<'a>(
         hold,
         error: message,
     };
-    match error.class() {
+    match error.class {
         ErrorClass::Transient | ErrorClass::TokenInvalid if attempt >= settings.max_attempts => {
             held(Hold::GaveUp)
         }
         ErrorClass::Transient | ErrorClass::TokenInvalid => DeliveryEnd::Retry {
-            after_secs: backoff_secs(settings, attempt, jitter),
+            after_secs: backoff_secs(settings, attempt, jitter)
+                .max(error.retry_after_secs.unwrap_or(0.0)),
             error: message,
         },
         ErrorClass::WindowClosed => held(Hold::WindowClosed),
         ErrorClass::QuotaUsed => held(Hold::QuotaUsed),
         ErrorClass::Unauthorized => held(Hold::PassiveOnly),
+        ErrorClass::Blocked => held(Hold::Blocked),
         ErrorClass::Permanent => held(Hold::Rejected),
     }
 }
 
-/// One deliverer: leases finished jobs and sends them through WeChat's API.
+/// One deliverer: leases finished jobs of the accounts in its registry and sends each through its own account.
 pub struct Deliverer {
     store: Arc<dyn Store>,
-    tokens: Arc<TokenService>,
+    channels: Arc<Channels>,
     id: String,
     settings: DeliverySettings,
     failed_text: String,
 }
 
 impl Deliverer {
-    /// A deliverer named `id` (the name on its leases).
+    /// A deliverer named `id` (the name on its leases) sending through `channels`.
     pub fn new(
         store: Arc<dyn Store>,
-        tokens: Arc<TokenService>,
+        channels: Arc<Channels>,
         id: String,
         settings: DeliverySettings,
         failed_text: String,
     ) -> Self {
         Self {
             store,
-            tokens,
+            channels,
             id,
             settings,
             failed_text,
@@ -105,30 +113,34 @@ impl Deliverer {
 
     /// One delivery attempt, recorded in the store whatever happens.
     async fn deliver(&self, task: DeliveryTask) -> Result<(), StoreError> {
-        let passive_only = self.settings.passive_only || self.tokens.passive_only().await?;
-        let outcome = if passive_only {
-            Err(DeliverError::Api(ApiError::Platform {
-                code: 48001,
-                message: "account is passive-only: kept for the fetch flow".into(),
-            }))
-        } else if task.is_picture() {
-            self.send_picture(&task).await
-        } else {
-            let text = task.notice.as_deref().unwrap_or(&self.failed_text);
-            let user = task.user_id.as_str();
-            let api = self.tokens.api();
-            self.tokens
-                .call(|t| async move { api.send_text(&t, user, text).await })
-                .await
+        let outbound = self
+            .channels
+            .get(&task.channel, &task.account)
+            .map(|a| a.outbound.clone());
+        let (outcome, passive_only) = match outbound {
+            Some(outbound) => self.attempt(&*outbound, &task).await,
+            // Leased by key, so only a registry changed under a running loop gets here.
+            None => (
+                Err(SendError::new(
+                    ErrorClass::Transient,
+                    format!("no account {}/{} on this node", task.channel, task.account),
+                )
+                .into()),
+                false,
+            ),
         };
         let message;
         let end = match &outcome {
             Ok(()) => DeliveryEnd::Sent,
-            Err(DeliverError::Api(error)) => {
+            Err(DeliverError::Send(error)) => {
                 message = error.to_string();
-                if error.class() == ErrorClass::Unauthorized && !passive_only {
-                    tracing::warn!(%error, "WeChat refused the customer-service API (48001): switching the account to passive-only delivery (取图)");
-                    self.tokens.mark_passive_only().await?;
+                if error.class == ErrorClass::Unauthorized && !passive_only {
+                    tracing::warn!(%error, channel = task.channel, account = task.account, "the platform refused the sending API (WeChat 48001): switching the account to passive-only delivery (取图)");
+                    if let Some(account) = self.channels.get(&task.channel, &task.account)
+                        && let Err(e) = account.outbound.mark_passive_only().await
+                    {
+                        tracing::warn!(error = %e, "could not record the account as passive-only");
+                    }
                 }
                 end_for(
                     error,
@@ -149,7 +161,7 @@ impl Deliverer {
                     error: &message,
                 }
             }
-            Err(e @ DeliverError::MissingPicture(_)) => {
+            Err(e) => {
                 message = e.to_string();
                 DeliveryEnd::Held {
                     hold: Hold::Rejected,
@@ -162,7 +174,7 @@ impl Deliverer {
             DeliveryEnd::Retry { .. } => "retry",
             DeliveryEnd::Held { hold, .. } => hold.as_str(),
         };
-        metrics::counter!("huabi_deliveries_total", "outcome" => label).increment(1);
+        metrics::counter!("huabi_deliveries_total", "outcome" => label, "channel" => task.channel.clone()).increment(1);
         match end {
             DeliveryEnd::Sent => {
                 tracing::debug!(job = task.job_id, picture = task.is_picture(), "delivered")
@@ -189,35 +201,82 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Uploads the picture (unless an earlier attempt did) and sends it.
-    async fn send_picture(&self, task: &DeliveryTask) -> Result<(), DeliverError> {
-        let api = self.tokens.api();
-        let media_id = match &task.media_id {
-            Some(media_id) => media_id.clone(),
-            None => {
-                let jpeg = self
-                    .store
-                    .job_image(task.job_id)
-                    .await?
-                    .ok_or(DeliverError::MissingPicture(task.job_id))?;
-                let name = upload_name(task.job_id);
-                let media_id = self
-                    .tokens
-                    .call(|t| {
-                        let (jpeg, name) = (jpeg.clone(), name.as_str());
-                        async move { api.upload_image(&t, jpeg, name).await }
-                    })
-                    .await?;
+    /// Sends the task's picture or notice through `outbound`; also says whether the account was passive-only.
+    async fn attempt(
+        &self,
+        outbound: &dyn Outbound,
+        task: &DeliveryTask,
+    ) -> (Result<(), DeliverError>, bool) {
+        let passive_only = match outbound.passive_only().await {
+            Ok(flag) => self.settings.passive_only || flag,
+            Err(e) => return (Err(e.into()), false),
+        };
+        let outcome = if passive_only {
+            Err(SendError::new(
+                ErrorClass::Unauthorized,
+                "account is passive-only: kept for the fetch flow",
+            )
+            .into())
+        } else if task.is_picture() {
+            self.send_picture(outbound, task).await
+        } else {
+            let text = task.notice.as_deref().unwrap_or(&self.failed_text);
+            outbound
+                .send_text(&task.user_id, text)
+                .await
+                .map_err(DeliverError::from)
+        };
+        (outcome, passive_only)
+    }
+
+    /// Uploads the picture (unless an earlier attempt did, or the platform uploads with the send) and sends it.
+    async fn send_picture(
+        &self,
+        outbound: &dyn Outbound,
+        task: &DeliveryTask,
+    ) -> Result<(), DeliverError> {
+        if let Some(media_id) = &task.media_id {
+            outbound
+                .send_picture(&task.user_id, Picture::Uploaded(media_id))
+                .await?;
+            return Ok(());
+        }
+        let jpeg = self
+            .store
+            .job_image(task.job_id)
+            .await?
+            .ok_or(DeliverError::MissingPicture(task.job_id))?;
+        let limits = outbound.media_limits();
+        if jpeg.len() > limits.max_bytes {
+            return Err(SendError::new(
+                ErrorClass::Permanent,
+                format!(
+                    "picture of {} bytes is over {}'s {} bytes",
+                    jpeg.len(),
+                    outbound.platform(),
+                    limits.max_bytes
+                ),
+            )
+            .into());
+        }
+        let name = upload_name(task.job_id);
+        let picture = match outbound.upload_picture(&jpeg, &name).await? {
+            Some(media_id) => {
                 self.store
                     .save_media_id(task.job_id, &self.id, &media_id)
                     .await?;
-                media_id
+                outbound
+                    .send_picture(&task.user_id, Picture::Uploaded(&media_id))
+                    .await?;
+                return Ok(());
             }
+            None => Picture::Jpeg {
+                bytes: &jpeg,
+                name: &name,
+            },
         };
-        let (media_id, user) = (media_id.as_str(), task.user_id.as_str());
-        self.tokens
-            .call(|t| async move { api.send_image(&t, user, media_id).await })
-            .await
+        outbound.send_picture(&task.user_id, picture).await?;
+        Ok(())
     }
 
     /// Delivers until `stop`: keeps up to `concurrency` deliveries running, leasing more as each one ends (a slow
@@ -230,6 +289,7 @@ impl Deliverer {
         poll: Duration,
     ) {
         let this = Arc::new(self);
+        let accounts = this.channels.keys();
         let slots = Arc::new(Semaphore::new(this.settings.concurrency));
         let mut running = JoinSet::new();
         while !stop.is_cancelled() {
@@ -237,7 +297,7 @@ impl Deliverer {
             if free > 0 {
                 let leased = this
                     .store
-                    .lease_deliveries(&this.id, free as i64, this.settings.lease_secs)
+                    .lease_deliveries(&this.id, free as i64, this.settings.lease_secs, &accounts)
                     .await;
                 match leased {
                     Ok(tasks) if !tasks.is_empty() => {
@@ -314,7 +374,13 @@ mod tests {
             code,
             message: String::new(),
         };
-        let end = |e: &ApiError, attempt| match end_for(e, "", attempt, &s, 0.5) {
+        let end = |e: &ApiError, attempt| match end_for(
+            &SendError::new(e.class(), e.to_string()),
+            "",
+            attempt,
+            &s,
+            0.5,
+        ) {
             DeliveryEnd::Retry { .. } => "retry",
             DeliveryEnd::Held { hold, .. } => hold.as_str(),
             DeliveryEnd::Sent => "sent",
@@ -329,5 +395,26 @@ mod tests {
         assert_eq!(end(&code(45047), 1), "quota_used");
         assert_eq!(end(&code(48001), 1), "passive_only");
         assert_eq!(end(&code(40003), 1), "rejected");
+    }
+
+    #[test]
+    fn a_blocked_follower_ends_delivery_and_retry_after_is_honoured() {
+        let s = settings();
+        let blocked = SendError::new(ErrorClass::Blocked, "bot was blocked by the user");
+        assert!(matches!(
+            end_for(&blocked, "", 1, &s, 0.5),
+            DeliveryEnd::Held {
+                hold: Hold::Blocked,
+                ..
+            }
+        ));
+        let slow = SendError {
+            retry_after_secs: Some(30.0),
+            ..SendError::new(ErrorClass::Transient, "Too Many Requests")
+        };
+        match end_for(&slow, "", 1, &s, 0.5) {
+            DeliveryEnd::Retry { after_secs, .. } => assert_eq!(after_secs, 30.0),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::token::TokenService;
 use super::{DeliverError, upload_name};
-use crate::channel::wechat::api::ErrorClass;
+use crate::channel::ErrorClass;
 use crate::config::{DeliverySettings, ReplySettings};
 use crate::model::{Inbound, Reply};
 use crate::store::{Store, StoreError, Waiting};

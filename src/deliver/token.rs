@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 use super::DeliverError;
-use crate::channel::wechat::api::{ApiError, ErrorClass, WechatApi};
+use crate::channel::ErrorClass;
+use crate::channel::wechat::CHANNEL;
+use crate::channel::wechat::api::{ApiError, WechatApi};
 use crate::store::{AccountState, Store, StoreError, StoredToken};
 
 /// A token is replaced this long before it expires (stable_token pre-rotates 5 minutes before expiry), or halfway
@@ -61,7 +63,7 @@ impl TokenService {
         if let Some(state) = self.cache().clone() {
             return Ok(state);
         }
-        let state = self.store.wechat_account(self.api.app_id()).await?;
+        let state = self.store.account_state(CHANNEL, self.api.app_id()).await?;
         *self.cache() = Some(state.clone());
         Ok(state)
     }
@@ -73,7 +75,9 @@ impl TokenService {
 
     /// Records that WeChat refused the customer-service API (48001) for every node.
     pub async fn mark_passive_only(&self) -> Result<(), StoreError> {
-        self.store.set_passive_only(self.api.app_id(), true).await?;
+        self.store
+            .set_passive_only(CHANNEL, self.api.app_id(), true)
+            .await?;
         if let Some(state) = self.cache().as_mut() {
             state.passive_only = true;
         }
@@ -96,7 +100,10 @@ impl TokenService {
         match call(token.clone()).await {
             Err(e) if e.class() == ErrorClass::TokenInvalid => {
                 *self.cache() = None;
-                let expired = self.store.expire_token(self.api.app_id(), &token).await?;
+                let expired = self
+                    .store
+                    .expire_token(CHANNEL, self.api.app_id(), &token)
+                    .await?;
                 tracing::info!(error = %e, expired, "access token refused; retrying once with the current one");
                 let fresh = self.token(Some(&token)).await?;
                 Ok(call(fresh).await?)
@@ -121,7 +128,7 @@ impl TokenService {
                 }
                 if self
                     .store
-                    .claim_token_refresh(app_id, &self.holder, now_ms(), CLAIM_MS)
+                    .claim_token_refresh(CHANNEL, app_id, &self.holder, now_ms(), CLAIM_MS)
                     .await?
                 {
                     return self.refresh(refused).await;
@@ -148,7 +155,7 @@ impl TokenService {
         if let Some(token) = self.cache().as_ref().and_then(in_date) {
             return Ok(Some(token));
         }
-        let state = self.store.wechat_account(self.api.app_id()).await?;
+        let state = self.store.account_state(CHANNEL, self.api.app_id()).await?;
         let token = in_date(&state);
         *self.cache() = Some(state);
         Ok(token)
@@ -172,7 +179,7 @@ impl TokenService {
                 let lifetime_ms = (issued.expires_in.min(1 << 30) as i64) * 1000;
                 let use_until = now_ms() + lifetime_ms - REFRESH_MARGIN_MS.min(lifetime_ms / 2);
                 self.store
-                    .save_token(app_id, &issued.token, use_until)
+                    .save_token(CHANNEL, app_id, &issued.token, use_until)
                     .await?;
                 if let Some(state) = self.cache().as_mut() {
                     state.token = Some(StoredToken {
@@ -185,7 +192,7 @@ impl TokenService {
             }
             Err(e) => {
                 self.store
-                    .release_token_refresh(app_id, &self.holder)
+                    .release_token_refresh(CHANNEL, app_id, &self.holder)
                     .await?;
                 Err(e.into())
             }

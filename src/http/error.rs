@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::channel::telegram::TelegramError;
 use crate::channel::wechat::WechatError;
 use crate::channel::wechat::crypto::CryptoError;
 use crate::store::StoreError;
@@ -16,6 +17,12 @@ pub enum ApiError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Telegram update was refused.
+    #[error(transparent)]
+    Telegram(#[from] TelegramError),
+    /// No account of that name is configured for the platform.
+    #[error("no such account")]
+    UnknownAccount,
 }
 
 impl ApiError {
@@ -35,6 +42,10 @@ impl ApiError {
                 | WechatError::Malformed(_) => StatusCode::BAD_REQUEST,
             },
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Telegram(TelegramError::NotConfigured) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Telegram(TelegramError::BadSecret) => StatusCode::UNAUTHORIZED,
+            ApiError::Telegram(TelegramError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownAccount => StatusCode::NOT_FOUND,
         }
     }
 
@@ -52,6 +63,10 @@ impl ApiError {
             ApiError::Wechat(WechatError::Crypto(_)) => "decrypt",
             ApiError::Wechat(_) => "malformed",
             ApiError::Store(_) => "store",
+            ApiError::Telegram(TelegramError::NotConfigured) => "not_configured",
+            ApiError::Telegram(TelegramError::BadSecret) => "bad_signature",
+            ApiError::Telegram(TelegramError::Malformed(_)) => "malformed",
+            ApiError::UnknownAccount => "unknown_account",
         }
     }
 }

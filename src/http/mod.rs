@@ -2,23 +2,27 @@
 
 mod error;
 mod health;
-mod webhook;
+mod telegram;
+mod wechat;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::Method;
+use axum::response::Response;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::channel::wechat::WechatChannel;
 use crate::config::Settings;
 use crate::store::Store;
 
 pub use error::ApiError;
+pub use telegram::TelegramEndpoint;
+pub use wechat::WechatEndpoint;
 
 /// WeChat drops the connection after 5 s; answering (even with an error) before that lets its retry start sooner.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(4500);
@@ -28,8 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(4500);
 pub struct AppState {
     /// The database.
     pub store: Arc<dyn Store>,
-    /// The default WeChat account.
-    pub wechat: Arc<WechatChannel>,
+    /// Every account's webhook, by (platform, account name).
+    pub webhooks: Arc<std::collections::BTreeMap<(String, String), Arc<dyn Webhook>>>,
     /// All settings.
     pub settings: Arc<Settings>,
     /// Renders `/metrics`.
@@ -46,8 +50,35 @@ pub struct AppState {
     pub inbox: Arc<crate::inbox::Inbox>,
     /// Notified when campaigns, filter words or follower lists change (here or on another node): reload now.
     pub catalog_changed: Arc<tokio::sync::Notify>,
-    /// Answers with pictures inside the reply window (fast path, 取图); `None` without an API client.
-    pub passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
+}
+
+/// A webhook request as the platform sent it.
+pub struct WebhookRequest {
+    /// The URI, query included.
+    pub uri: axum::http::Uri,
+    /// The headers.
+    pub headers: axum::http::HeaderMap,
+    /// The body (within `server.body_limit_bytes`).
+    pub body: axum::body::Bytes,
+}
+
+/// One platform account's webhook: the platform's own checks, parsing and answer around the shared message use
+/// case ([`crate::inbox::Inbox`]). A platform plugs in by implementing this and being listed in
+/// [`crate::app::App::build`].
+#[async_trait::async_trait]
+pub trait Webhook: Send + Sync {
+    /// The platform's name in URLs (`/webhook/{platform}/{account}`).
+    fn platform(&self) -> &'static str;
+    /// The account's name.
+    fn account(&self) -> &str;
+    /// `GET`: URL verification, where the platform has one.
+    async fn get(&self, state: &AppState, request: WebhookRequest) -> Result<Response, ApiError>;
+    /// `POST`: a message or event.
+    async fn post(&self, state: &AppState, request: WebhookRequest) -> Result<Response, ApiError>;
+    /// Whether it answers with pictures inside the platform's reply window (it then needs finished-job news).
+    fn answers_with_pictures(&self) -> bool {
+        false
+    }
 }
 
 impl AppState {
@@ -55,11 +86,16 @@ impl AppState {
     /// message use case wired to them.
     pub fn new(
         store: Arc<dyn Store>,
-        wechat: WechatChannel,
+        webhooks: Vec<Arc<dyn Webhook>>,
         settings: Settings,
         catalog: crate::command::Catalog,
-        passive: Option<Arc<crate::deliver::passive::PassiveReplies>>,
     ) -> Self {
+        let webhooks = Arc::new(
+            webhooks
+                .into_iter()
+                .map(|w| ((w.platform().to_string(), w.account().to_string()), w))
+                .collect(),
+        );
         let settings = Arc::new(settings);
         let catalog = Arc::new(std::sync::RwLock::new(Arc::new(catalog)));
         let wake_workers = Arc::new(tokio::sync::Notify::new());
@@ -75,7 +111,7 @@ impl AppState {
         ));
         Self {
             store,
-            wechat: Arc::new(wechat),
+            webhooks,
             settings,
             metrics: metrics_handle(),
             wake_workers,
@@ -83,9 +119,13 @@ impl AppState {
             queue_depth,
             catalog,
             inbox,
-            passive,
             catalog_changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Whether any account answers with pictures inside the reply window.
+    pub fn has_passive_replies(&self) -> bool {
+        self.webhooks.values().any(|w| w.answers_with_pictures())
     }
 
     /// Makes every node re-read campaigns, filter words and follower lists now (this one directly, the others
@@ -102,9 +142,10 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.body_limit_bytes;
     Router::new()
+        .route("/webhook/wechat", get(default_wechat).post(default_wechat))
         .route(
-            "/webhook/wechat",
-            get(webhook::verify_wechat).post(webhook::receive_wechat),
+            "/webhook/{platform}/{account}",
+            get(dispatch).post(dispatch),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -117,6 +158,43 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `/webhook/{platform}/{account}`: the account's webhook, or 404.
+async fn dispatch(
+    State(state): State<AppState>,
+    Path((platform, account)): Path<(String, String)>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let webhook = state
+        .webhooks
+        .get(&(platform, account))
+        .cloned()
+        .ok_or(ApiError::UnknownAccount)?;
+    let request = WebhookRequest { uri, headers, body };
+    if method == Method::GET {
+        webhook.get(&state, request).await
+    } else {
+        webhook.post(&state, request).await
+    }
+}
+
+/// `/webhook/wechat`: the WeChat account named `default` (single-account deployments).
+async fn default_wechat(
+    state: State<AppState>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let path = Path((
+        crate::channel::wechat::CHANNEL.to_string(),
+        crate::config::DEFAULT_ACCOUNT.to_string(),
+    ));
+    dispatch(state, path, method, uri, headers, body).await
 }
 
 /// The process-wide Prometheus recorder (installed once; every app in the process shares it).

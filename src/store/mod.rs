@@ -381,6 +381,8 @@ pub enum Hold {
     Rejected,
     /// Transient errors outlasted every retry.
     GaveUp,
+    /// The follower blocked the bot (Telegram 403): nothing more is sent to them for this job.
+    Blocked,
 }
 
 impl Hold {
@@ -392,6 +394,7 @@ impl Hold {
             Hold::PassiveOnly => "passive_only",
             Hold::Rejected => "rejected",
             Hold::GaveUp => "gave_up",
+            Hold::Blocked => "blocked",
         }
     }
 }
@@ -668,13 +671,14 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     async fn job_status(&self, id: i64) -> Result<Option<String>, StoreError>;
     /// The finished picture of a job, if stored.
     async fn job_image(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Leases up to `max` finished jobs to deliver (pictures, and failure notices), oldest first, skipping held ones
-    /// and those not due yet (`deliver_after`).
+    /// Leases up to `max` finished jobs to deliver (pictures, and failure notices) of the `accounts` given as
+    /// `platform/name` keys, oldest first, skipping held ones and those not due yet (`deliver_after`).
     async fn lease_deliveries(
         &self,
         holder: &str,
         max: i64,
         lease_secs: f64,
+        accounts: &[String],
     ) -> Result<Vec<DeliveryTask>, StoreError>;
     /// Remembers the media id of an uploaded picture so a retried send does not upload again.
     async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError>;
@@ -713,29 +717,47 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Lets go of a claim without delivering.
     async fn release_claim(&self, id: i64, holder: &str) -> Result<(), StoreError>;
-    /// The shared token and flags of a WeChat account.
-    async fn wechat_account(&self, app_id: &str) -> Result<AccountState, StoreError>;
+    /// The shared token and flags of a platform account (`account`: the platform's credential id, e.g. the AppID).
+    async fn account_state(&self, channel: &str, account: &str)
+    -> Result<AccountState, StoreError>;
     /// Becomes the one node refreshing the account's token for `hold_ms`, unless another node is already at it.
     async fn claim_token_refresh(
         &self,
-        app_id: &str,
+        channel: &str,
+        account: &str,
         holder: &str,
         now_ms: i64,
         hold_ms: i64,
     ) -> Result<bool, StoreError>;
     /// Ends `holder`'s refresh claim without a token (the refresh failed), so another node may try at once.
-    async fn release_token_refresh(&self, app_id: &str, holder: &str) -> Result<(), StoreError>;
+    async fn release_token_refresh(
+        &self,
+        channel: &str,
+        account: &str,
+        holder: &str,
+    ) -> Result<(), StoreError>;
     /// Stores a fresh token and ends the refresh claim.
     async fn save_token(
         &self,
-        app_id: &str,
+        channel: &str,
+        account: &str,
         token: &str,
         expires_ms: i64,
     ) -> Result<(), StoreError>;
     /// Marks the token expired only if it is still `token` (compare-and-swap); returns whether it was.
-    async fn expire_token(&self, app_id: &str, token: &str) -> Result<bool, StoreError>;
+    async fn expire_token(
+        &self,
+        channel: &str,
+        account: &str,
+        token: &str,
+    ) -> Result<bool, StoreError>;
     /// Records whether the account can use the customer-service API.
-    async fn set_passive_only(&self, app_id: &str, passive_only: bool) -> Result<(), StoreError>;
+    async fn set_passive_only(
+        &self,
+        channel: &str,
+        account: &str,
+        passive_only: bool,
+    ) -> Result<(), StoreError>;
     /// Sends the ids of jobs that finished (done or failed) to `finished` whenever any node announces them
     /// (PostgreSQL LISTEN; a no-op on SQLite, where only this process paints).
     async fn subscribe_finished(
@@ -784,27 +806,38 @@ fn fate(status: Option<(String,)>) -> JobFate {
     }
 }
 
-/// Takes the token refresh for `$2` until `$4` unless another holder's claim is still running at `$3` (both DBs).
+/// Takes account (`$1`, `$2`)'s token refresh for `$3` until `$5` unless another holder's claim is still running at
+/// `$4` (both DBs).
 const CLAIM_TOKEN_REFRESH: &str = "
-INSERT INTO wechat_accounts (app_id, refresh_holder, refresh_until_ms) VALUES ($1, $2, $4)
-ON CONFLICT (app_id) DO UPDATE SET refresh_holder = excluded.refresh_holder, refresh_until_ms = excluded.refresh_until_ms
-WHERE wechat_accounts.refresh_until_ms IS NULL OR wechat_accounts.refresh_until_ms < $3
-RETURNING app_id";
+INSERT INTO channel_accounts (channel, account, refresh_holder, refresh_until_ms) VALUES ($1, $2, $3, $5)
+ON CONFLICT (channel, account) DO UPDATE SET refresh_holder = excluded.refresh_holder,
+    refresh_until_ms = excluded.refresh_until_ms
+WHERE channel_accounts.refresh_until_ms IS NULL OR channel_accounts.refresh_until_ms < $4
+RETURNING account";
 
 /// Stores a fresh token and ends any refresh claim (both DBs).
 const SAVE_TOKEN: &str = "
-INSERT INTO wechat_accounts (app_id, access_token, token_expires_ms) VALUES ($1, $2, $3)
-ON CONFLICT (app_id) DO UPDATE SET access_token = excluded.access_token,
+INSERT INTO channel_accounts (channel, account, access_token, token_expires_ms) VALUES ($1, $2, $3, $4)
+ON CONFLICT (channel, account) DO UPDATE SET access_token = excluded.access_token,
     token_expires_ms = excluded.token_expires_ms, refresh_holder = NULL, refresh_until_ms = NULL";
 
 /// Ends a refresh claim that produced no token (both DBs).
 const RELEASE_TOKEN_REFRESH: &str = "
-UPDATE wechat_accounts SET refresh_holder = NULL, refresh_until_ms = NULL WHERE app_id = $1 AND refresh_holder = $2";
+UPDATE channel_accounts SET refresh_holder = NULL, refresh_until_ms = NULL
+WHERE channel = $1 AND account = $2 AND refresh_holder = $3";
 
 /// Expires the token only if it is still the failing one (both DBs).
 const EXPIRE_TOKEN: &str = "
-UPDATE wechat_accounts SET token_expires_ms = 0
-WHERE app_id = $1 AND access_token = $2 AND token_expires_ms > 0";
+UPDATE channel_accounts SET token_expires_ms = 0
+WHERE channel = $1 AND account = $2 AND access_token = $3 AND token_expires_ms > 0";
+
+/// An account's token and flags (both DBs).
+const ACCOUNT_STATE: &str = "SELECT access_token, token_expires_ms, passive_only FROM channel_accounts WHERE channel = $1 AND account = $2";
+
+/// Sets an account's passive-only flag (both DBs).
+const SET_PASSIVE_ONLY: &str = "
+INSERT INTO channel_accounts (channel, account, passive_only) VALUES ($1, $2, $3)
+ON CONFLICT (channel, account) DO UPDATE SET passive_only = excluded.passive_only";
 
 /// An [`AccountState`] from its row, if any.
 fn account_state(row: Option<(Option<String>, Option<i64>, bool)>) -> AccountState {

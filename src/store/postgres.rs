@@ -7,13 +7,14 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
-    Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN,
-    INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob,
-    LimitCheck, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus, RELEASE_IN_FLIGHT,
-    RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store, StoreError,
-    StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply,
-    encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
+    ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
+    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
+    INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
+    LOCK_USAGE, LeasedJob, LimitCheck, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
+    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
+    SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
+    account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
+    refused_submission, source_msg_id, waiting,
 };
 use crate::config::DatabaseSettings;
 use crate::limits::{Limits, Refused, Usage};
@@ -119,12 +120,13 @@ const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, deliv
     delivered_via = CASE WHEN status = 'done' THEN $3 END,
     notified_at = CASE WHEN status = 'failed' THEN now() END";
 
-/// Leases finished jobs that are due, oldest first. The console's own jobs (test chat, previews) are shown on its
-/// pages, never sent.
+/// Leases finished jobs that are due, oldest first, of the accounts `$4` (`platform/name`) the deliverer sends
+/// through. (The console's own jobs — test chat, previews — are on no account: shown on its pages, never sent.)
 const LEASE_DELIVERIES: &str = "
 WITH picked AS (
     SELECT id FROM jobs
-    WHERE held IS NULL AND channel <> 'console' AND (status = 'done' OR (status = 'failed' AND notified_at IS NULL))
+    WHERE held IS NULL AND (channel || '/' || account) = ANY($4)
+      AND (status = 'done' OR (status = 'failed' AND notified_at IS NULL))
       AND (leased_until IS NULL OR leased_until < now())
       AND (deliver_after IS NULL OR deliver_after <= now())
     ORDER BY finished_at, id LIMIT $2
@@ -827,11 +829,13 @@ impl Store for PgStore {
         holder: &str,
         max: i64,
         lease_secs: f64,
+        accounts: &[String],
     ) -> Result<Vec<DeliveryTask>, StoreError> {
         Ok(sqlx::query_as(LEASE_DELIVERIES)
             .bind(holder)
             .bind(max)
             .bind(lease_secs)
+            .bind(accounts)
             .fetch_all(&self.pool)
             .await?)
     }
@@ -980,25 +984,30 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn wechat_account(&self, app_id: &str) -> Result<AccountState, StoreError> {
-        let row: Option<(Option<String>, Option<i64>, bool)> = sqlx::query_as(
-            "SELECT access_token, token_expires_ms, passive_only FROM wechat_accounts WHERE app_id = $1",
-        )
-        .bind(app_id)
-        .fetch_optional(&self.pool)
-        .await?;
+    async fn account_state(
+        &self,
+        channel: &str,
+        account: &str,
+    ) -> Result<AccountState, StoreError> {
+        let row: Option<(Option<String>, Option<i64>, bool)> = sqlx::query_as(ACCOUNT_STATE)
+            .bind(channel)
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(account_state(row))
     }
 
     async fn claim_token_refresh(
         &self,
-        app_id: &str,
+        channel: &str,
+        account: &str,
         holder: &str,
         now_ms: i64,
         hold_ms: i64,
     ) -> Result<bool, StoreError> {
         let claimed: Option<(String,)> = sqlx::query_as(CLAIM_TOKEN_REFRESH)
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(holder)
             .bind(now_ms)
             .bind(now_ms + hold_ms)
@@ -1007,9 +1016,15 @@ impl Store for PgStore {
         Ok(claimed.is_some())
     }
 
-    async fn release_token_refresh(&self, app_id: &str, holder: &str) -> Result<(), StoreError> {
+    async fn release_token_refresh(
+        &self,
+        channel: &str,
+        account: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(RELEASE_TOKEN_REFRESH)
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(holder)
             .execute(&self.pool)
             .await?;
@@ -1018,12 +1033,14 @@ impl Store for PgStore {
 
     async fn save_token(
         &self,
-        app_id: &str,
+        channel: &str,
+        account: &str,
         token: &str,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(SAVE_TOKEN)
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(token)
             .bind(expires_ms)
             .execute(&self.pool)
@@ -1031,9 +1048,15 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn expire_token(&self, app_id: &str, token: &str) -> Result<bool, StoreError> {
+    async fn expire_token(
+        &self,
+        channel: &str,
+        account: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
         Ok(sqlx::query(EXPIRE_TOKEN)
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(token)
             .execute(&self.pool)
             .await?
@@ -1041,15 +1064,18 @@ impl Store for PgStore {
             == 1)
     }
 
-    async fn set_passive_only(&self, app_id: &str, passive_only: bool) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO wechat_accounts (app_id, passive_only) VALUES ($1, $2)
-             ON CONFLICT (app_id) DO UPDATE SET passive_only = excluded.passive_only",
-        )
-        .bind(app_id)
-        .bind(passive_only)
-        .execute(&self.pool)
-        .await?;
+    async fn set_passive_only(
+        &self,
+        channel: &str,
+        account: &str,
+        passive_only: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(SET_PASSIVE_ONLY)
+            .bind(channel)
+            .bind(account)
+            .bind(passive_only)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

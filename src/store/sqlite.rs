@@ -12,13 +12,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE, CampaignRevision,
-    Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN, INSERT_CAMPAIGN,
-    INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST, LOCK_USAGE, LeasedJob,
-    LockedUsage, ModelQueue, NewJob, Painted, QueueStatus, RELEASE_IN_FLIGHT,
-    RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN, Store, StoreError,
-    StoredCampaign, Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply,
-    encode_reply, fate, limits, new_job, refused_submission, source_msg_id, waiting,
+    ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
+    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
+    INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
+    LOCK_USAGE, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
+    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
+    SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
+    account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
+    refused_submission, source_msg_id, waiting,
 };
 use crate::config::DatabaseSettings;
 use crate::model::loras_json;
@@ -706,11 +707,13 @@ impl Store for SqliteStore {
         holder: &str,
         max: i64,
         lease_secs: f64,
+        accounts: &[String],
     ) -> Result<Vec<DeliveryTask>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "UPDATE jobs SET leased_by = ?1, leased_until = {UNTIL}, delivery_attempts = delivery_attempts + 1
              WHERE id IN (
-                 SELECT id FROM jobs WHERE held IS NULL AND channel <> 'console' AND {OWED} AND {FREE}
+                 SELECT id FROM jobs WHERE held IS NULL AND {OWED} AND {FREE}
+                   AND (channel || '/' || account) IN (SELECT value FROM json_each(?4))
                    AND (deliver_after IS NULL OR deliver_after <= {NOW})
                  ORDER BY finished_at, id LIMIT ?2)
              RETURNING id AS job_id, channel, account, user_id, status, media_id, delivery_attempts, notice"
@@ -718,6 +721,7 @@ impl Store for SqliteStore {
         .bind(holder)
         .bind(max)
         .bind(lease_secs)
+        .bind(serde_json::to_string(accounts).unwrap_or_default())
         .fetch_all(&self.writer)
         .await?)
     }
@@ -865,25 +869,31 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn wechat_account(&self, app_id: &str) -> Result<AccountState, StoreError> {
-        let row: Option<(Option<String>, Option<i64>, bool)> = sqlx::query_as(
-            "SELECT access_token, token_expires_ms, passive_only FROM wechat_accounts WHERE app_id = ?1",
-        )
-        .bind(app_id)
-        .fetch_optional(&self.reader)
-        .await?;
+    async fn account_state(
+        &self,
+        channel: &str,
+        account: &str,
+    ) -> Result<AccountState, StoreError> {
+        let row: Option<(Option<String>, Option<i64>, bool)> =
+            sqlx::query_as(&numbered(ACCOUNT_STATE))
+                .bind(channel)
+                .bind(account)
+                .fetch_optional(&self.reader)
+                .await?;
         Ok(account_state(row))
     }
 
     async fn claim_token_refresh(
         &self,
-        app_id: &str,
+        channel: &str,
+        account: &str,
         holder: &str,
         now_ms: i64,
         hold_ms: i64,
     ) -> Result<bool, StoreError> {
         let claimed: Option<(String,)> = sqlx::query_as(&numbered(CLAIM_TOKEN_REFRESH))
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(holder)
             .bind(now_ms)
             .bind(now_ms + hold_ms)
@@ -892,9 +902,15 @@ impl Store for SqliteStore {
         Ok(claimed.is_some())
     }
 
-    async fn release_token_refresh(&self, app_id: &str, holder: &str) -> Result<(), StoreError> {
+    async fn release_token_refresh(
+        &self,
+        channel: &str,
+        account: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(&numbered(RELEASE_TOKEN_REFRESH))
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(holder)
             .execute(&self.writer)
             .await?;
@@ -903,12 +919,14 @@ impl Store for SqliteStore {
 
     async fn save_token(
         &self,
-        app_id: &str,
+        channel: &str,
+        account: &str,
         token: &str,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(&numbered(SAVE_TOKEN))
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(token)
             .bind(expires_ms)
             .execute(&self.writer)
@@ -916,9 +934,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn expire_token(&self, app_id: &str, token: &str) -> Result<bool, StoreError> {
+    async fn expire_token(
+        &self,
+        channel: &str,
+        account: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
         Ok(sqlx::query(&numbered(EXPIRE_TOKEN))
-            .bind(app_id)
+            .bind(channel)
+            .bind(account)
             .bind(token)
             .execute(&self.writer)
             .await?
@@ -926,15 +950,18 @@ impl Store for SqliteStore {
             == 1)
     }
 
-    async fn set_passive_only(&self, app_id: &str, passive_only: bool) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO wechat_accounts (app_id, passive_only) VALUES (?1, ?2)
-             ON CONFLICT (app_id) DO UPDATE SET passive_only = excluded.passive_only",
-        )
-        .bind(app_id)
-        .bind(passive_only)
-        .execute(&self.writer)
-        .await?;
+    async fn set_passive_only(
+        &self,
+        channel: &str,
+        account: &str,
+        passive_only: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&numbered(SET_PASSIVE_ONLY))
+            .bind(channel)
+            .bind(account)
+            .bind(passive_only)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

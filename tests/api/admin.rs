@@ -351,13 +351,10 @@ async fn roles_decide_who_changes_what_and_changes_are_audited(backend: Backend)
     );
     // The word reaches the filter at once: the webhook blocks it, and so does the chat.
     let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
+    // A new MsgId each time: a retry of one message would repeat its first answer.
+    for msg_id in 1.. {
         let (_, body) = app
-            .post_plain(&text_xml(
-                "o_w",
-                1 + deadline.elapsed().as_millis() as u64,
-                "画一张违禁的图",
-            ))
+            .post_plain(&text_xml("o_w", msg_id, "画一张违禁的图"))
             .await;
         if body.contains("画不了") {
             break;
@@ -448,13 +445,9 @@ async fn campaigns_are_edited_previewed_and_rolled_back(backend: Backend) {
     assert_eq!(revisions.len(), 2);
     assert_eq!(revisions[1].changed_by, "ed");
     let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        app.post_plain(&text_xml(
-            "o_k",
-            100 + deadline.elapsed().as_millis() as u64,
-            "赏月节 月亮",
-        ))
-        .await;
+    for msg_id in 100.. {
+        app.post_plain(&text_xml("o_k", msg_id, "赏月节 月亮"))
+            .await;
         let jobs = app.store.recent_jobs(1).await.expect("jobs");
         if jobs
             .first()

@@ -233,7 +233,10 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
             .await
             .expect("complete")
     );
-    let lease = s.lease_deliveries("d", 10, 30.0).await.expect("deliveries");
+    let lease = s
+        .lease_deliveries("d", 10, 30.0, &["wechat/gh".to_string()])
+        .await
+        .expect("deliveries");
     assert!(
         lease.iter().all(|t| t.job_id != preview),
         "previews are never delivered"
@@ -288,7 +291,11 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
             .await
             .expect("complete")
     );
-    let task = s.lease_deliveries("d", 1, 30.0).await.expect("lease")[0].clone();
+    let task = s
+        .lease_deliveries("d", 1, 30.0, &["wechat/gh".to_string()])
+        .await
+        .expect("lease")[0]
+        .clone();
     s.finish_delivery(
         task.job_id,
         "d",
@@ -300,7 +307,7 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
     .await
     .expect("held");
     assert!(
-        s.lease_deliveries("d", 1, 30.0)
+        s.lease_deliveries("d", 1, 30.0, &["wechat/gh".to_string()])
             .await
             .expect("lease")
             .is_empty()
@@ -308,7 +315,10 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
     assert!(s.release_hold(task.job_id).await.expect("release"));
     assert!(!s.release_hold(task.job_id).await.expect("not held now"));
     assert_eq!(
-        s.lease_deliveries("d", 1, 30.0).await.expect("lease").len(),
+        s.lease_deliveries("d", 1, 30.0, &["wechat/gh".to_string()])
+            .await
+            .expect("lease")
+            .len(),
         1
     );
 

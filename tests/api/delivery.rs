@@ -258,7 +258,7 @@ async fn passive_only_accounts_keep_pictures_for_fetch(backend: Backend) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !app
         .store
-        .wechat_account(APP_ID)
+        .account_state("wechat", APP_ID)
         .await
         .expect("account")
         .passive_only

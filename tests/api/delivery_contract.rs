@@ -19,6 +19,11 @@ async fn store_for(db: &TestDb) -> Arc<dyn Store> {
     store
 }
 
+/// The accounts the deliverers in these tests send through.
+fn accounts() -> Vec<String> {
+    vec!["wechat/gh_d".to_string()]
+}
+
 fn inbound(user: &str, n: u32) -> Inbound {
     Inbound {
         channel: "wechat",
@@ -77,7 +82,10 @@ async fn finished_jobs_are_leased_once_and_marked_delivered(backend: Backend) {
     let s = store_for(&db).await;
     let done = finished_job(&*s, "u1", 1, true, 0.0).await;
     let failed = finished_job(&*s, "u2", 2, false, 0.0).await;
-    let a = s.lease_deliveries("d1", 10, 30.0).await.expect("lease");
+    let a = s
+        .lease_deliveries("d1", 10, 30.0, &accounts())
+        .await
+        .expect("lease");
     assert_eq!(a.len(), 2);
     assert!(
         a.iter()
@@ -89,7 +97,7 @@ async fn finished_jobs_are_leased_once_and_marked_delivered(backend: Backend) {
             .all(|t| t.delivery_attempts == 1 && t.media_id.is_none())
     );
     assert!(
-        s.lease_deliveries("d2", 10, 30.0)
+        s.lease_deliveries("d2", 10, 30.0, &accounts())
             .await
             .expect("lease")
             .is_empty(),
@@ -121,7 +129,7 @@ async fn finished_jobs_are_leased_once_and_marked_delivered(backend: Backend) {
         Some("failed")
     );
     assert!(
-        s.lease_deliveries("d1", 10, 30.0)
+        s.lease_deliveries("d1", 10, 30.0, &accounts())
             .await
             .expect("lease")
             .is_empty(),
@@ -134,7 +142,10 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
     let s = store_for(&db).await;
     let id = finished_job(&*s, "u1", 1, true, 0.0).await;
     let held = finished_job(&*s, "u2", 2, true, 0.0).await;
-    let leased = s.lease_deliveries("d1", 10, 30.0).await.expect("lease");
+    let leased = s
+        .lease_deliveries("d1", 10, 30.0, &accounts())
+        .await
+        .expect("lease");
     assert_eq!(leased.len(), 2);
     s.save_media_id(id, "d1", "media-1").await.expect("media");
     let retry = DeliveryEnd::Retry {
@@ -148,13 +159,16 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
     };
     assert!(s.finish_delivery(held, "d1", hold).await.expect("finish"));
     assert!(
-        s.lease_deliveries("d1", 10, 30.0)
+        s.lease_deliveries("d1", 10, 30.0, &accounts())
             .await
             .expect("lease")
             .is_empty()
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let again = s.lease_deliveries("d2", 10, 30.0).await.expect("lease");
+    let again = s
+        .lease_deliveries("d2", 10, 30.0, &accounts())
+        .await
+        .expect("lease");
     assert_eq!(again.len(), 1, "held jobs stay held");
     assert_eq!(
         (
@@ -231,7 +245,7 @@ async fn the_fast_path_window_keeps_deliverers_away(backend: Backend) {
     let s = store_for(&db).await;
     let id = finished_job(&*s, "u1", 1, true, 30.0).await;
     assert!(
-        s.lease_deliveries("d1", 10, 30.0)
+        s.lease_deliveries("d1", 10, 30.0, &accounts())
             .await
             .expect("lease")
             .is_empty(),
@@ -289,28 +303,30 @@ async fn one_node_refreshes_the_token_and_expiry_is_compare_and_swap(backend: Ba
     let s = store_for(&db).await;
     let app = "wx_app";
     assert_eq!(
-        s.wechat_account(app).await.expect("account"),
+        s.account_state("wechat", app).await.expect("account"),
         Default::default()
     );
     assert!(
-        s.claim_token_refresh(app, "a", 1_000, 15_000)
+        s.claim_token_refresh("wechat", app, "a", 1_000, 15_000)
             .await
             .expect("claim")
     );
     assert!(
-        !s.claim_token_refresh(app, "b", 2_000, 15_000)
+        !s.claim_token_refresh("wechat", app, "b", 2_000, 15_000)
             .await
             .expect("claim"),
         "a running claim keeps others out"
     );
     assert!(
-        s.claim_token_refresh(app, "b", 17_000, 15_000)
+        s.claim_token_refresh("wechat", app, "b", 17_000, 15_000)
             .await
             .expect("claim"),
         "an expired claim can be taken over"
     );
-    s.save_token(app, "T1", 9_000_000).await.expect("save");
-    let state = s.wechat_account(app).await.expect("account");
+    s.save_token("wechat", app, "T1", 9_000_000)
+        .await
+        .expect("save");
+    let state = s.account_state("wechat", app).await.expect("account");
     assert_eq!(
         state
             .token
@@ -319,31 +335,38 @@ async fn one_node_refreshes_the_token_and_expiry_is_compare_and_swap(backend: Ba
         Some(("T1", 9_000_000))
     );
     assert!(
-        s.claim_token_refresh(app, "c", 18_000, 15_000)
+        s.claim_token_refresh("wechat", app, "c", 18_000, 15_000)
             .await
             .expect("claim"),
         "saving ends the claim"
     );
-    s.release_token_refresh(app, "c").await.expect("release");
+    s.release_token_refresh("wechat", app, "c")
+        .await
+        .expect("release");
     assert!(
-        !s.expire_token(app, "T0").await.expect("cas"),
+        !s.expire_token("wechat", app, "T0").await.expect("cas"),
         "a stale token expires nothing"
     );
-    assert!(s.expire_token(app, "T1").await.expect("cas"));
+    assert!(s.expire_token("wechat", app, "T1").await.expect("cas"));
     assert!(
-        !s.expire_token(app, "T1").await.expect("cas"),
+        !s.expire_token("wechat", app, "T1").await.expect("cas"),
         "expired once"
     );
     assert_eq!(
-        s.wechat_account(app)
+        s.account_state("wechat", app)
             .await
             .expect("account")
             .token
             .map(|t| t.expires_ms),
         Some(0)
     );
-    s.set_passive_only(app, true).await.expect("flag");
-    assert!(s.wechat_account(app).await.expect("account").passive_only);
+    s.set_passive_only("wechat", app, true).await.expect("flag");
+    assert!(
+        s.account_state("wechat", app)
+            .await
+            .expect("account")
+            .passive_only
+    );
 }
 
 on_both_databases!(

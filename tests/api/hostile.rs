@@ -7,7 +7,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use axum::body::Body;
 use axum::http::Request;
 use huabi::channel::wechat::WechatChannel;
-use huabi::http::{AppState, router};
+
+use huabi::http::{AppState, WechatEndpoint, router};
 use huabi::store::{self, Counts, Store};
 use proptest::prelude::*;
 use tower::ServiceExt;
@@ -39,10 +40,12 @@ fn new_fixture() -> Fixture {
         store.migrate().await.expect("migrate");
         let state = AppState::new(
             store.clone(),
-            WechatChannel::new(&settings.wechat).expect("channel"),
+            vec![Arc::new(WechatEndpoint {
+                channel: WechatChannel::new("default", &settings.wechat).expect("channel"),
+                passive: None,
+            })],
             settings,
             Default::default(),
-            None,
         );
         (router(state), store, db)
     });

@@ -12,6 +12,7 @@ macro_rules! on_both_databases {
     };
 }
 
+mod accounts;
 mod admin;
 mod admin_store;
 mod browser;
@@ -29,6 +30,7 @@ mod models;
 mod queue_contract;
 mod safety;
 mod store_contract;
+mod telegram;
 mod translate;
 mod two_nodes;
 mod understanding;

@@ -113,7 +113,10 @@ async fn v2_safe_mode_message_is_admitted_once_with_an_encrypted_reply(backend: 
         ),
         ("hello", "mycreate", "4561255354251345929")
     );
-    assert_eq!(jobs[0].account, "wx5823bf96d3bd56c7");
+    assert_eq!(
+        jobs[0].account, "default",
+        "stored under the account's name"
+    );
 }
 
 async fn compatible_mode_uses_the_ciphertext_and_encrypts_the_reply(backend: Backend) {

@@ -7,6 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::channel::{ErrorClass, SendError};
+
 /// Largest API answer read; WeChat's are a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Longest access token accepted (WeChat asks callers to reserve 512 characters).
@@ -43,23 +45,6 @@ pub enum ApiError {
     },
 }
 
-/// What a caller should do about an [`ApiError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// 40001 / 40014 / 42001: the token is invalid or expired; expire it (compare-and-swap) and retry once.
-    TokenInvalid,
-    /// -1 (busy), 45009 (rate limit), 5xx, timeouts, garbled answers: back off and retry.
-    Transient,
-    /// 45015: the 48-hour customer-service window is closed.
-    WindowClosed,
-    /// 45047: the customer-service quota for this follower is used up.
-    QuotaUsed,
-    /// 48001: the account lacks the API (unverified): passive replies only.
-    Unauthorized,
-    /// Anything else: retrying will not help.
-    Permanent,
-}
-
 impl ApiError {
     /// How to react to this error.
     pub fn class(&self) -> ErrorClass {
@@ -78,6 +63,12 @@ impl ApiError {
                 ErrorClass::Permanent
             }
         }
+    }
+}
+
+impl From<ApiError> for SendError {
+    fn from(error: ApiError) -> Self {
+        SendError::new(error.class(), error.to_string())
     }
 }
 

@@ -86,14 +86,17 @@ pub enum ReplyMode {
 /// A verified, parsed message and how to answer it.
 #[derive(Debug, Clone)]
 pub struct Received {
-    /// The message.
+    /// The message, its `account` the configured account's name.
     pub inbound: Inbound,
+    /// The account's original id (`gh_…`, the message's `ToUserName`), which replies come from.
+    pub original_id: String,
     /// The reply mode.
     pub mode: ReplyMode,
 }
 
 /// One configured WeChat Official Account.
 pub struct WechatChannel {
+    name: String,
     token: SecretString,
     app_id: String,
     /// Current key first, then the previous one.
@@ -115,8 +118,8 @@ fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str
 }
 
 impl WechatChannel {
-    /// Builds the channel from settings (keys were validated when the settings were loaded).
-    pub fn new(settings: &WechatSettings) -> Result<Self, CryptoError> {
+    /// Builds account `name`'s channel from its settings (keys were validated when the settings were loaded).
+    pub fn new(name: &str, settings: &WechatSettings) -> Result<Self, CryptoError> {
         let mut keys = Vec::new();
         if !settings.aes_key.expose_secret().is_empty() {
             for key in [&settings.aes_key, &settings.previous_aes_key] {
@@ -126,6 +129,7 @@ impl WechatChannel {
             }
         }
         Ok(Self {
+            name: name.to_string(),
             token: settings.token.clone(),
             app_id: settings.app_id.clone(),
             keys,
@@ -206,10 +210,7 @@ impl WechatChannel {
                 self.check_signature(query, None)?;
                 self.check_fresh(query, now)?;
                 let fields = xml::parse(body)?;
-                Ok(Received {
-                    inbound: parse_inbound(&fields)?,
-                    mode: ReplyMode::Plain,
-                })
+                Ok(self.received(parse_inbound(&fields)?, ReplyMode::Plain))
             }
             Some("aes") => {
                 if self.keys.is_empty() {
@@ -225,10 +226,8 @@ impl WechatChannel {
                     crypto::decrypt_with_any(&self.keys, encrypt, &self.app_id)?;
                 let fields = xml::parse(&plain)?;
                 let nonce = required(&query.nonce, "nonce")?.to_string();
-                Ok(Received {
-                    inbound: parse_inbound(&fields)?,
-                    mode: ReplyMode::Encrypted { key_index, nonce },
-                })
+                let mode = ReplyMode::Encrypted { key_index, nonce };
+                Ok(self.received(parse_inbound(&fields)?, mode))
             }
             Some(other) => Err(WechatError::UnsupportedEncryption(
                 other.chars().take(16).collect(),
@@ -236,16 +235,29 @@ impl WechatChannel {
         }
     }
 
+    /// The account's name in storage and URLs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `inbound` as sent to this account: stored under the account's name, answered from its original id.
+    fn received(&self, mut inbound: Inbound, mode: ReplyMode) -> Received {
+        let original_id = std::mem::replace(&mut inbound.account, self.name.clone());
+        Received {
+            inbound,
+            original_id,
+            mode,
+        }
+    }
+
     /// Renders `reply` to `inbound` as the HTTP response body, encrypted when the request was.
     pub fn render_reply(&self, received: &Received, reply: &Reply, now: i64) -> String {
-        let inbound = &received.inbound;
+        let (user, from) = (&received.inbound.user_id, &received.original_id);
         let plain = match reply {
             // An empty body or "success" needs no encryption.
             Reply::None => return "success".to_string(),
-            Reply::Text { text } => xml::text_reply(&inbound.user_id, &inbound.account, now, text),
-            Reply::Image { media_id } => {
-                xml::image_reply(&inbound.user_id, &inbound.account, now, media_id)
-            }
+            Reply::Text { text } => xml::text_reply(user, from, now, text),
+            Reply::Image { media_id } => xml::image_reply(user, from, now, media_id),
         };
         match &received.mode {
             ReplyMode::Plain => plain,

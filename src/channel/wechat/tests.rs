@@ -17,7 +17,7 @@ fn channel(token: &str, key: &str, app_id: &str) -> WechatChannel {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let settings = Settings::load_from(env).expect("valid settings");
-    WechatChannel::new(&settings.wechat).expect("valid keys")
+    WechatChannel::new("default", &settings.wechat).expect("valid keys")
 }
 
 fn query(pairs: &[(&str, &str)]) -> WebhookQuery {
@@ -93,7 +93,14 @@ fn v2_safe_mode_post_is_verified_decrypted_and_parsed() {
         .receive(&q, V2_BODY.as_bytes(), 1409659813)
         .expect("valid");
     assert_eq!(received.inbound.user_id, "mycreate");
-    assert_eq!(received.inbound.account, "wx5823bf96d3bd56c7");
+    assert_eq!(
+        received.inbound.account, "default",
+        "stored under the account's name"
+    );
+    assert_eq!(
+        received.original_id, "wx5823bf96d3bd56c7",
+        "replies come from it"
+    );
     assert_eq!(
         received.inbound.message_id.as_deref(),
         Some("4561255354251345929")
@@ -195,7 +202,8 @@ fn previous_key_opens_messages_and_encrypts_the_reply() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let ch = WechatChannel::new(&Settings::load_from(env).expect("valid").wechat).expect("keys");
+    let ch = WechatChannel::new("default", &Settings::load_from(env).expect("valid").wechat)
+        .expect("keys");
     let q = query(&[
         ("msg_signature", "477715d11cdb4164915debcba66cb864d751f3e6"),
         ("timestamp", "1409659813"),

@@ -6,6 +6,8 @@
 //! busy (-1), rate limit (45009), a real token expiry (the current token stops working: 40001), and stalls
 //! longer than the caller's timeout.
 
+pub mod telegram;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};

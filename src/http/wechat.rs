@@ -1,15 +1,17 @@
-//! `GET|POST /webhook/wechat`: verify, decrypt, parse, admit exactly once, answer inside WeChat's window.
+//! A WeChat account's webhook: verify, decrypt, parse, admit exactly once, answer inside WeChat's window (with the
+//! picture itself when it is painted in time).
 
-use axum::body::Bytes;
-use axum::extract::{Query, State};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{AppState, error::ApiError};
-use crate::channel::wechat::{Received, WebhookQuery};
+use super::{AppState, Webhook, WebhookRequest, error::ApiError};
+use crate::channel::wechat::{CHANNEL, Received, WebhookQuery, WechatChannel};
 use crate::deliver::passive::PassiveReplies;
 use crate::inbox::Step;
 use crate::model::{Inbound, Reply};
@@ -19,44 +21,80 @@ fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// URL verification: answers the `echostr` challenge.
-pub async fn verify_wechat(
-    State(state): State<AppState>,
-    Query(query): Query<WebhookQuery>,
-) -> Result<String, ApiError> {
-    Ok(state.wechat.verify_url(&query, now())?)
+/// One WeChat account's webhook.
+pub struct WechatEndpoint {
+    /// Verifies, opens and parses its requests and renders its replies.
+    pub channel: WechatChannel,
+    /// Answers with pictures inside the reply window (fast path, 取图); `None` without its API credentials or on
+    /// a node without the web role.
+    pub passive: Option<Arc<PassiveReplies>>,
+}
+
+fn query(request: &WebhookRequest) -> WebhookQuery {
+    // Missing or garbled parameters become missing fields, refused by the signature check.
+    Query::<WebhookQuery>::try_from_uri(&request.uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+#[async_trait::async_trait]
+impl Webhook for WechatEndpoint {
+    fn platform(&self) -> &'static str {
+        CHANNEL
+    }
+
+    fn account(&self) -> &str {
+        self.channel.name()
+    }
+
+    /// URL verification: answers the `echostr` challenge.
+    async fn get(&self, _state: &AppState, request: WebhookRequest) -> Result<Response, ApiError> {
+        Ok(self
+            .channel
+            .verify_url(&query(&request), now())?
+            .into_response())
+    }
+
+    async fn post(&self, state: &AppState, request: WebhookRequest) -> Result<Response, ApiError> {
+        receive(state, self, &query(&request), &request.body).await
+    }
+
+    fn answers_with_pictures(&self) -> bool {
+        self.passive.is_some()
+    }
 }
 
 /// WeChat waits 5 s; a picture reply must be on its way back by then.
 const ANSWER_WITHIN: Duration = Duration::from_millis(4300);
 
 /// A pushed message or event.
-pub async fn receive_wechat(
-    State(state): State<AppState>,
-    Query(query): Query<WebhookQuery>,
-    body: Bytes,
+async fn receive(
+    state: &AppState,
+    endpoint: &WechatEndpoint,
+    query: &WebhookQuery,
+    body: &[u8],
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let received = state.wechat.receive(&query, &body, now())?;
+    let received = endpoint.channel.receive(query, body, now())?;
     let inbound = &received.inbound;
-    let passive = state.passive.as_deref().filter(|p| p.is_enabled());
+    let passive = endpoint.passive.as_deref().filter(|p| p.is_enabled());
     let step = state
         .inbox
         .prepare(inbound, OffsetDateTime::now_utc(), passive.is_some())
         .await?;
     let reply = match (step, passive) {
-        (Step::Admit(submission), _) => admit(&state, passive, started, *submission).await?,
-        (Step::Fetch, Some(passive)) => fetch_picture(&state, passive, inbound, started).await?,
+        (Step::Admit(submission), _) => admit(state, passive, started, *submission).await?,
+        (Step::Fetch, Some(passive)) => fetch_picture(state, passive, inbound, started).await?,
         (Step::Fetch, None) => Reply::Text {
             text: state.settings.replies.fetch_retry.clone(),
         },
     };
-    Ok(respond(&state, &received, &reply))
+    Ok(respond(endpoint, &received, &reply))
 }
 
 /// The HTTP answer carrying `reply`, encrypted when the request was.
-fn respond(state: &AppState, received: &Received, reply: &Reply) -> Response {
-    let body = state.wechat.render_reply(received, reply, now());
+fn respond(endpoint: &WechatEndpoint, received: &Received, reply: &Reply) -> Response {
+    let body = endpoint.channel.render_reply(received, reply, now());
     let content_type = if *reply == Reply::None {
         "text/plain; charset=utf-8"
     } else {
