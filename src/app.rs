@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ use crate::channel::telegram::api::{TelegramApi, TelegramOutbound};
 use crate::channel::telegram::{self, TelegramChannel};
 use crate::channel::wechat::WechatChannel;
 use crate::channel::wechat::api::WechatApi;
+use crate::channel::wecom::{self, WecomChannel};
 use crate::channel::{MediaSource, Outbound};
 use crate::command::Catalog;
 use crate::config::Settings;
@@ -26,7 +28,7 @@ use crate::deliver::wechat::WechatOutbound;
 use crate::engine::EngineHandle;
 use crate::engine::translate::Translator;
 use crate::filter::{self, ContentFilter};
-use crate::http::{AppState, TelegramEndpoint, Webhook, WechatEndpoint, router};
+use crate::http::{AppState, TelegramEndpoint, Webhook, WechatEndpoint, WecomEndpoint, router};
 use crate::queue::Worker;
 use crate::store::{self, Store};
 
@@ -147,6 +149,36 @@ impl App {
                 channel,
                 outbound: outbound.map(|o| o as Arc<dyn Outbound>),
             }));
+        }
+        for account in &settings.channels.wecom {
+            let name = account.name.as_str();
+            let channel = WecomChannel::new(
+                name,
+                account.token.expose_secret(),
+                account.aes_key.expose_secret(),
+                &account.corp_id,
+            )
+            .with_context(|| format!("WeCom account {name}"))?;
+            let api = Arc::new(WechatApi::wecom(
+                &account.api_base,
+                &account.corp_id,
+                &account.agent_id,
+                account.secret.clone(),
+                Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+            ));
+            if api.is_configured() && !account.agent_id.is_empty() {
+                let tokens = Arc::new(TokenService::new(store.clone(), api, node_id("token")));
+                let outbound = Arc::new(WechatOutbound::new(tokens));
+                channels.insert(
+                    wecom::CHANNEL,
+                    name,
+                    AccountChannel {
+                        outbound: outbound.clone(),
+                        media: Some(outbound as Arc<dyn MediaSource>),
+                    },
+                );
+            }
+            endpoints.push(Arc::new(WecomEndpoint { channel }));
         }
         let channels = Arc::new(channels);
         let worker = if roles.contains(&Role::Worker) {

@@ -38,7 +38,8 @@ pub enum Command {
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Usage per day (Asia/Shanghai), campaign and channel, from the `usage_daily` view.
+    /// Usage per day (Asia/Shanghai), campaign, platform and account, from the `usage_daily` view (or summed
+    /// `--by channel|account`).
     Usage {
         /// `Nd` for the last N days including today, or a first day `YYYY-MM-DD`.
         #[arg(long, default_value = "7d")]
@@ -46,6 +47,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: crate::usage::UsageFormat,
+        /// Rows per campaign (and platform and account), or summed per platform or per account.
+        #[arg(long, value_enum, default_value = "campaign")]
+        by: crate::usage::UsageBy,
     },
     /// Campaigns in the database: import TOML definitions (each change kept as a revision), export, list.
     #[command(subcommand)]
@@ -92,6 +96,8 @@ pub enum StandinPlatform {
     Wechat,
     /// Telegram's Bot API.
     Telegram,
+    /// WeCom's API (`--app-id` is the CorpID, `--app-secret` the app's Secret).
+    Wecom,
 }
 
 /// `huabi campaign …`.
@@ -153,6 +159,9 @@ pub struct StandinOptions {
         default_value = ""
     )]
     app_secret: String,
+    /// WeCom: the AgentId `message/send` must name.
+    #[arg(long, default_value = "")]
+    agent_id: String,
     /// Telegram: the bot token it accepts.
     #[arg(long, default_value = "")]
     bot_token: String,
@@ -427,13 +436,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Campaign(command) => campaign(command).await,
-        Command::Usage { since, format } => {
+        Command::Usage { since, format, by } => {
             let settings = load_settings()?;
             let today = crate::limits::shanghai_day(time::OffsetDateTime::now_utc());
             let first = crate::usage::first_day(&since, today)?;
             let store = store::connect(&settings.database).await?;
             store.migrate().await?;
-            let rows = store.usage(&first.to_string()).await?;
+            let first = first.to_string();
+            let waits = match by {
+                crate::usage::UsageBy::Campaign => Vec::new(),
+                _ => store.delivery_waits(&first).await?,
+            };
+            let rows = crate::usage::group(store.usage(&first).await?, &waits, by);
             print!("{}", crate::usage::render(&rows, format));
             if format == crate::usage::UsageFormat::Table {
                 print!(
@@ -590,6 +604,10 @@ async fn standin(o: StandinOptions) -> anyhow::Result<()> {
         !o.app_id.is_empty() && !o.app_secret.is_empty(),
         "--app-id and --app-secret (or HUABI__WECHAT__APP_ID / APP_SECRET) are required"
     );
+    anyhow::ensure!(
+        o.platform == StandinPlatform::Wechat || !o.agent_id.is_empty(),
+        "--agent-id is required for WeCom"
+    );
     if let Some(dir) = &o.save_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -601,9 +619,10 @@ async fn standin(o: StandinOptions) -> anyhow::Result<()> {
         stall: Duration::from_secs_f64(o.stall_secs),
         passive_only: o.passive_only,
         save_dir: o.save_dir,
+        wecom_agent_id: (o.platform == StandinPlatform::Wecom).then_some(o.agent_id),
         ..Default::default()
     });
-    tracing::info!(listen = %o.listen, "WeChat API stand-in serving; GET /_standin/record shows what it received");
+    tracing::info!(listen = %o.listen, platform = ?o.platform, "WeChat/WeCom API stand-in serving; GET /_standin/record shows what it received");
     tokio::select! {
         served = stand_in.serve(listener) => served.context("stand-in server")?,
         _ = shutdown_signal() => {}

@@ -142,6 +142,89 @@ pub struct ChannelSettings {
     /// Telegram bots (`[[channels.telegram]]`).
     #[serde(default)]
     pub telegram: Vec<TelegramAccount>,
+    /// WeCom self-built apps (`[[channels.wecom]]`).
+    #[serde(default)]
+    pub wecom: Vec<WecomAccount>,
+}
+
+/// One `[[channels.wecom]]` entry: a WeCom (企业微信) self-built app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WecomAccount {
+    /// The account's name in URLs (`/webhook/wecom/{name}`), storage and the environment.
+    pub name: String,
+    /// The callback Token (secret).
+    #[serde(default = "empty_secret")]
+    pub token: SecretString,
+    /// The callback EncodingAESKey (43 characters; secret).
+    #[serde(default = "empty_secret")]
+    pub aes_key: SecretString,
+    /// The CorpID (checked inside every message).
+    #[serde(default)]
+    pub corp_id: String,
+    /// The app's AgentId.
+    #[serde(default)]
+    pub agent_id: String,
+    /// The app's Secret (secret).
+    #[serde(default = "empty_secret")]
+    pub secret: SecretString,
+    /// API base URL; tests point it at a local server.
+    #[serde(default = "wecom_api_base")]
+    pub api_base: String,
+}
+
+fn wecom_api_base() -> String {
+    "https://qyapi.weixin.qq.com".into()
+}
+
+impl WecomAccount {
+    /// An entry named `name` with nothing set.
+    fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            token: empty_secret(),
+            aes_key: empty_secret(),
+            corp_id: String::new(),
+            agent_id: String::new(),
+            secret: empty_secret(),
+            api_base: wecom_api_base(),
+        }
+    }
+
+    /// Sets `field` from the environment (`HUABI__CHANNELS__WECOM__<NAME>__<FIELD>`).
+    fn set(&mut self, field: &str, value: &str) -> Result<(), String> {
+        match field {
+            "token" => self.token = value.into(),
+            "aes_key" => self.aes_key = value.into(),
+            "corp_id" => self.corp_id = value.into(),
+            "agent_id" => self.agent_id = value.into(),
+            "secret" => self.secret = value.into(),
+            "api_base" => self.api_base = value.into(),
+            other => return Err(format!("unknown key {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Checks the callback keys: WeCom callbacks are always encrypted, so the AES key and CorpID are required.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let prefix = format!("channels.wecom.{}", self.name);
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: format!("{prefix}.{key}"),
+            reason,
+        };
+        crate::channel::wechat::crypto::AesKey::from_encoding_key(self.aes_key.expose_secret())
+            .map_err(|e| invalid("aes_key", e.to_string()))?;
+        if self.corp_id.is_empty() {
+            return Err(invalid(
+                "corp_id",
+                "required (it is checked inside every message)".into(),
+            ));
+        }
+        if !self.agent_id.is_empty() && !self.agent_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("agent_id", "a number".into()));
+        }
+        Ok(())
+    }
 }
 
 /// One `[[channels.telegram]]` entry: a bot.
@@ -317,6 +400,27 @@ pub fn valid_account_name(name: &str) -> bool {
         && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// The entry of `list` named `name` (a shell cannot export `-`: `BRAND_A` also addresses `brand-a`), added by `new`
+/// when there is none.
+fn entry<'a, T>(
+    list: &'a mut Vec<T>,
+    name: &str,
+    name_of: fn(&T) -> &String,
+    new: impl FnOnce() -> T,
+) -> &'a mut T {
+    let index = match list
+        .iter()
+        .position(|a| name_of(a).replace('-', "_") == name)
+    {
+        Some(i) => i,
+        None => {
+            list.push(new());
+            list.len() - 1
+        }
+    };
+    &mut list[index]
+}
+
 /// The prefix of environment variables that address platform accounts by name.
 const CHANNELS_ENV: &str = "HUABI__CHANNELS__";
 
@@ -340,43 +444,34 @@ impl ChannelSettings {
                 ));
             };
             match platform.as_str() {
-                "wechat" => {
-                    // A shell cannot export `-` in a name: `BRAND_A` also addresses an entry named `brand-a`.
-                    let index = match self
-                        .wechat
-                        .iter()
-                        .position(|a| a.name.replace('-', "_") == *name)
-                    {
-                        Some(i) => i,
-                        None => {
-                            self.wechat.push(WechatAccount {
-                                name: name.clone(),
-                                settings: WechatSettings::default(),
-                            });
-                            self.wechat.len() - 1
-                        }
-                    };
-                    self.wechat[index]
-                        .settings
-                        .set(field, value)
-                        .map_err(invalid)?;
-                }
-                "telegram" => {
-                    let index = match self
-                        .telegram
-                        .iter()
-                        .position(|a| a.name.replace('-', "_") == *name)
-                    {
-                        Some(i) => i,
-                        None => {
-                            self.telegram.push(TelegramAccount::named(name));
-                            self.telegram.len() - 1
-                        }
-                    };
-                    self.telegram[index].set(field, value).map_err(invalid)?;
-                }
+                "wechat" => entry(
+                    &mut self.wechat,
+                    name,
+                    |a| &a.name,
+                    || WechatAccount {
+                        name: name.clone(),
+                        settings: WechatSettings::default(),
+                    },
+                )
+                .settings
+                .set(field, value),
+                "telegram" => entry(
+                    &mut self.telegram,
+                    name,
+                    |a| &a.name,
+                    || TelegramAccount::named(name),
+                )
+                .set(field, value),
+                "wecom" => entry(
+                    &mut self.wecom,
+                    name,
+                    |a| &a.name,
+                    || WecomAccount::named(name),
+                )
+                .set(field, value),
                 other => return Err(invalid(format!("unknown platform {other:?}"))),
             }
+            .map_err(invalid)?;
         }
         Ok(())
     }
@@ -408,6 +503,8 @@ impl ChannelSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         check_names("wechat", self.wechat.iter().map(|a| a.name.as_str()))?;
         check_names("telegram", self.telegram.iter().map(|a| a.name.as_str()))?;
+        check_names("wecom", self.wecom.iter().map(|a| a.name.as_str()))?;
+        self.wecom.iter().try_for_each(WecomAccount::validate)?;
         for account in &self.wechat {
             account
                 .settings

@@ -1,10 +1,12 @@
-//! `huabi usage`: the `usage_daily` view for operators, as a table, JSON or CSV.
+//! `huabi usage`: the `usage_daily` view for operators, as a table, JSON or CSV, per campaign (the view's own
+//! rows) or summed per platform or per account.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use time::{Date, Duration};
 
-use crate::store::{ModelQueue, UsageRow};
+use crate::store::{DeliveryWait, ModelQueue, UsageRow};
 
 /// Why `--since` was refused.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,89 @@ pub enum UsageFormat {
     Json,
     /// Comma-separated values with a header.
     Csv,
+}
+
+/// How rows are grouped (always per day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageBy {
+    /// Per campaign, platform and account: the view's rows.
+    Campaign,
+    /// Per platform (`campaign` and `account` are `*`).
+    Channel,
+    /// Per platform and account (`campaign` is `*`).
+    Account,
+}
+
+/// What a summed row puts where the grouping merged values.
+const ALL: &str = "*";
+
+/// Nearest-rank percentile `p` (0–100) of sorted `values`.
+fn percentile(sorted: &[f64], p: usize) -> Option<f64> {
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// `rows` grouped `by`; summed rows take their percentiles from `waits` (the view's cannot be combined).
+pub fn group(rows: Vec<UsageRow>, waits: &[DeliveryWait], by: UsageBy) -> Vec<UsageRow> {
+    let key = |day: &str, channel: &str, account: &str| match by {
+        UsageBy::Campaign => None,
+        UsageBy::Channel => Some((day.to_string(), channel.to_string(), ALL.to_string())),
+        UsageBy::Account => Some((day.to_string(), channel.to_string(), account.to_string())),
+    };
+    if by == UsageBy::Campaign {
+        return rows;
+    }
+    let mut groups: BTreeMap<(String, String, String), UsageRow> = BTreeMap::new();
+    for row in rows {
+        let Some(k) = key(&row.day, &row.channel, &row.account) else {
+            continue;
+        };
+        let sum = groups.entry(k.clone()).or_insert_with(|| UsageRow {
+            day: k.0.clone(),
+            campaign: ALL.into(),
+            channel: k.1.clone(),
+            account: k.2.clone(),
+            requests: 0,
+            admitted: 0,
+            limited: 0,
+            blocked: 0,
+            painted: 0,
+            delivered: 0,
+            failed: 0,
+            flagged: 0,
+            p50_secs: None,
+            p95_secs: None,
+        });
+        sum.requests += row.requests;
+        sum.admitted += row.admitted;
+        sum.limited += row.limited;
+        sum.blocked += row.blocked;
+        sum.painted += row.painted;
+        sum.delivered += row.delivered;
+        sum.failed += row.failed;
+        sum.flagged += row.flagged;
+    }
+    let mut secs: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    for wait in waits {
+        if let Some(k) = key(&wait.day, &wait.channel, &wait.account) {
+            secs.entry(k).or_default().push(wait.secs);
+        }
+    }
+    for (k, mut values) in secs {
+        if let Some(row) = groups.get_mut(&k) {
+            values.sort_by(f64::total_cmp);
+            row.p50_secs = percentile(&values, 50);
+            row.p95_secs = percentile(&values, 95);
+        }
+    }
+    let mut out: Vec<UsageRow> = groups.into_values().collect();
+    out.sort_by(|a, b| {
+        b.day
+            .cmp(&a.day)
+            .then(a.channel.cmp(&b.channel))
+            .then(a.account.cmp(&b.account))
+    });
+    out
 }
 
 /// The first day `since` covers: `Nd` = the last N days including today, or a `YYYY-MM-DD` date.
@@ -39,10 +124,11 @@ pub fn first_day(since: &str, today: Date) -> Result<Date, SinceError> {
     .map_err(|_| bad())
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 14] = [
     "day",
     "campaign",
     "channel",
+    "account",
     "requests",
     "admitted",
     "limited",
@@ -55,12 +141,13 @@ const HEADER: [&str; 13] = [
     "p95_secs",
 ];
 
-fn cells(row: &UsageRow) -> [String; 13] {
+fn cells(row: &UsageRow) -> [String; 14] {
     let secs = |v: Option<f64>| v.map_or(String::new(), |s| format!("{s:.2}"));
     [
         row.day.clone(),
         row.campaign.clone(),
         row.channel.clone(),
+        row.account.clone(),
         row.requests.to_string(),
         row.admitted.to_string(),
         row.limited.to_string(),
@@ -126,7 +213,7 @@ pub fn render(rows: &[UsageRow], format: UsageFormat) -> String {
             out
         }
         UsageFormat::Table => {
-            let body: Vec<[String; 13]> = rows.iter().map(cells).collect();
+            let body: Vec<[String; 14]> = rows.iter().map(cells).collect();
             let width = |i: usize| {
                 body.iter()
                     .map(|r| r[i].chars().count())
@@ -153,6 +240,9 @@ pub fn render(rows: &[UsageRow], format: UsageFormat) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A summed row as (campaign, channel, account, requests, p50, p95).
+    type Summary = (String, String, String, i64, Option<f64>, Option<f64>);
     use time::macros::{date, datetime};
 
     fn row() -> UsageRow {
@@ -160,6 +250,7 @@ mod tests {
             day: "2027-09-10".into(),
             campaign: "mid,autumn".into(),
             channel: "wechat".into(),
+            account: "default".into(),
             requests: 8,
             admitted: 5,
             limited: 1,
@@ -198,7 +289,7 @@ mod tests {
         let csv = render(&rows, UsageFormat::Csv);
         assert_eq!(
             csv.lines().nth(1),
-            Some("2027-09-10,\"mid,autumn\",wechat,8,5,1,2,5,4,0,0,3.15,")
+            Some("2027-09-10,\"mid,autumn\",wechat,default,8,5,1,2,5,4,0,0,3.15,")
         );
         let json: serde_json::Value =
             serde_json::from_str(&render(&rows, UsageFormat::Json)).expect("json");
@@ -207,6 +298,69 @@ mod tests {
         assert!(table.starts_with("day         campaign"), "{table}");
         assert_eq!(table.lines().count(), 2);
         assert_eq!(render(&[], UsageFormat::Json), "[]");
+    }
+
+    #[test]
+    fn rows_are_summed_per_channel_or_account_with_percentiles_of_the_merged_waits() {
+        let at = |campaign: &str, channel: &str, account: &str, requests| UsageRow {
+            campaign: campaign.into(),
+            channel: channel.into(),
+            account: account.into(),
+            requests,
+            p50_secs: Some(99.0),
+            ..row()
+        };
+        let rows = vec![
+            at("a", "wechat", "default", 1),
+            at("b", "wechat", "default", 2),
+            at("a", "wechat", "brand", 4),
+            at("a", "telegram", "bot", 8),
+        ];
+        let wait = |channel: &str, account: &str, secs| DeliveryWait {
+            day: "2027-09-10".into(),
+            campaign: "a".into(),
+            channel: channel.into(),
+            account: account.into(),
+            secs,
+        };
+        let waits = [
+            wait("wechat", "default", 1.0),
+            wait("wechat", "default", 2.0),
+            wait("wechat", "brand", 10.0),
+            wait("telegram", "bot", 5.0),
+        ];
+        let summary = |rows: &[UsageRow]| -> Vec<Summary> {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.campaign.clone(),
+                        r.channel.clone(),
+                        r.account.clone(),
+                        r.requests,
+                        r.p50_secs,
+                        r.p95_secs,
+                    )
+                })
+                .collect()
+        };
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            summary(&group(rows.clone(), &waits, UsageBy::Channel)),
+            [
+                (s("*"), s("telegram"), s("*"), 8, Some(5.0), Some(5.0)),
+                (s("*"), s("wechat"), s("*"), 7, Some(2.0), Some(10.0)),
+            ]
+        );
+        assert_eq!(
+            summary(&group(rows.clone(), &waits, UsageBy::Account)),
+            [
+                (s("*"), s("telegram"), s("bot"), 8, Some(5.0), Some(5.0)),
+                (s("*"), s("wechat"), s("brand"), 4, Some(10.0), Some(10.0)),
+                (s("*"), s("wechat"), s("default"), 3, Some(1.0), Some(2.0)),
+            ]
+        );
+        assert_eq!(group(rows.clone(), &waits, UsageBy::Campaign), rows);
+        assert_eq!(percentile(&[], 50), None);
     }
 
     #[test]

@@ -24,3 +24,25 @@ UPDATE inbound_messages SET account = 'default' WHERE channel = 'wechat';
 UPDATE jobs SET account = 'default' WHERE channel = 'wechat';
 UPDATE follower_usage SET account = 'default' WHERE channel = 'wechat';
 UPDATE follower_lists SET account = 'default' WHERE channel = 'wechat';
+
+-- Usage per day, campaign, platform and account.
+DROP VIEW usage_daily;
+CREATE VIEW usage_daily AS
+SELECT (m.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day,
+       coalesce(m.campaign, '') AS campaign,
+       m.channel,
+       m.account,
+       count(*) FILTER (WHERE m.decision <> 'answered') AS requests,
+       count(j.id) AS admitted,
+       count(*) FILTER (WHERE m.decision IN ('limited', 'busy') OR (m.decision = 'admitted' AND j.id IS NULL)) AS limited,
+       count(*) FILTER (WHERE m.decision = 'blocked') AS blocked,
+       count(j.id) FILTER (WHERE j.status IN ('done', 'delivered')) AS painted,
+       count(j.id) FILTER (WHERE j.status = 'delivered') AS delivered,
+       count(j.id) FILTER (WHERE j.status = 'failed') AS failed,
+       count(j.id) FILTER (WHERE j.fail_reason = 'unsafe') AS flagged,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.delivered_at - j.created_at))
+           FILTER (WHERE j.delivered_at IS NOT NULL) AS p50_secs,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.delivered_at - j.created_at))
+           FILTER (WHERE j.delivered_at IS NOT NULL) AS p95_secs
+FROM inbound_messages m LEFT JOIN jobs j ON j.inbound_id = m.id
+GROUP BY 1, 2, 3, 4;

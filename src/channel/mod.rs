@@ -6,6 +6,7 @@
 pub mod registry;
 pub mod telegram;
 pub mod wechat;
+pub mod wecom;
 
 use async_trait::async_trait;
 

@@ -10,7 +10,6 @@ use tokio::sync::Mutex;
 
 use super::DeliverError;
 use crate::channel::ErrorClass;
-use crate::channel::wechat::CHANNEL;
 use crate::channel::wechat::api::{ApiError, WechatApi};
 use crate::store::{AccountState, Store, StoreError, StoredToken};
 
@@ -63,7 +62,10 @@ impl TokenService {
         if let Some(state) = self.cache().clone() {
             return Ok(state);
         }
-        let state = self.store.account_state(CHANNEL, self.api.app_id()).await?;
+        let state = self
+            .store
+            .account_state(self.api.platform(), &self.api.credential())
+            .await?;
         *self.cache() = Some(state.clone());
         Ok(state)
     }
@@ -76,7 +78,7 @@ impl TokenService {
     /// Records that WeChat refused the customer-service API (48001) for every node.
     pub async fn mark_passive_only(&self) -> Result<(), StoreError> {
         self.store
-            .set_passive_only(CHANNEL, self.api.app_id(), true)
+            .set_passive_only(self.api.platform(), &self.api.credential(), true)
             .await?;
         if let Some(state) = self.cache().as_mut() {
             state.passive_only = true;
@@ -102,7 +104,7 @@ impl TokenService {
                 *self.cache() = None;
                 let expired = self
                     .store
-                    .expire_token(CHANNEL, self.api.app_id(), &token)
+                    .expire_token(self.api.platform(), &self.api.credential(), &token)
                     .await?;
                 tracing::info!(error = %e, expired, "access token refused; retrying once with the current one");
                 let fresh = self.token(Some(&token)).await?;
@@ -115,7 +117,7 @@ impl TokenService {
     /// The current token, refreshed when missing or nearly expired. `refused` is a token WeChat just refused:
     /// if stable_token hands the same one back, a forced refresh follows.
     pub async fn token(&self, refused: Option<&str>) -> Result<String, DeliverError> {
-        let app_id = self.api.app_id();
+        let credential = self.api.credential();
         let deadline = now_ms() + 2 * CLAIM_MS;
         loop {
             if let Some(token) = self.usable().await? {
@@ -128,7 +130,13 @@ impl TokenService {
                 }
                 if self
                     .store
-                    .claim_token_refresh(CHANNEL, app_id, &self.holder, now_ms(), CLAIM_MS)
+                    .claim_token_refresh(
+                        self.api.platform(),
+                        &credential,
+                        &self.holder,
+                        now_ms(),
+                        CLAIM_MS,
+                    )
                     .await?
                 {
                     return self.refresh(refused).await;
@@ -155,7 +163,10 @@ impl TokenService {
         if let Some(token) = self.cache().as_ref().and_then(in_date) {
             return Ok(Some(token));
         }
-        let state = self.store.account_state(CHANNEL, self.api.app_id()).await?;
+        let state = self
+            .store
+            .account_state(self.api.platform(), &self.api.credential())
+            .await?;
         let token = in_date(&state);
         *self.cache() = Some(state);
         Ok(token)
@@ -163,7 +174,7 @@ impl TokenService {
 
     /// Fetches a token while holding the refresh claim, stores it, and ends the claim either way.
     async fn refresh(&self, refused: Option<&str>) -> Result<String, DeliverError> {
-        let app_id = self.api.app_id();
+        let credential = self.api.credential();
         let fetched = match self.api.stable_token(false).await {
             Ok(issued) if Some(issued.token.as_str()) == refused => {
                 tracing::warn!(
@@ -179,7 +190,7 @@ impl TokenService {
                 let lifetime_ms = (issued.expires_in.min(1 << 30) as i64) * 1000;
                 let use_until = now_ms() + lifetime_ms - REFRESH_MARGIN_MS.min(lifetime_ms / 2);
                 self.store
-                    .save_token(CHANNEL, app_id, &issued.token, use_until)
+                    .save_token(self.api.platform(), &credential, &issued.token, use_until)
                     .await?;
                 if let Some(state) = self.cache().as_mut() {
                     state.token = Some(StoredToken {
@@ -192,7 +203,7 @@ impl TokenService {
             }
             Err(e) => {
                 self.store
-                    .release_token_refresh(CHANNEL, app_id, &self.holder)
+                    .release_token_refresh(self.api.platform(), &credential, &self.holder)
                     .await?;
                 Err(e.into())
             }

@@ -1,6 +1,6 @@
-//! One WeChat account behind the platform-neutral [`Outbound`] and [`MediaSource`]: customer-service messages,
-//! temporary media and followers' photos (`media/get`), all with the account's access token shared through the
-//! store.
+//! One WeChat account (or WeCom app: the same API for media, its own token and send) behind the platform-neutral
+//! [`Outbound`] and [`MediaSource`]: customer-service messages, temporary media and followers' photos
+//! (`media/get`), all with the account's access token shared through the store.
 
 use std::sync::Arc;
 
@@ -54,7 +54,7 @@ fn media_error(error: DeliverError) -> MediaError {
 #[async_trait]
 impl Outbound for WechatOutbound {
     fn platform(&self) -> &'static str {
-        crate::channel::wechat::CHANNEL
+        self.tokens.api().platform()
     }
 
     fn media_limits(&self) -> MediaLimits {

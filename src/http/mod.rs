@@ -4,6 +4,7 @@ mod error;
 mod health;
 mod telegram;
 mod wechat;
+mod wecom;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::store::Store;
 pub use error::ApiError;
 pub use telegram::TelegramEndpoint;
 pub use wechat::WechatEndpoint;
+pub use wecom::WecomEndpoint;
 
 /// WeChat drops the connection after 5 s; answering (even with an error) before that lets its retry start sooner.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(4500);

@@ -65,6 +65,9 @@ pub struct StandInOptions {
     pub seed: u64,
     /// Where to write each picture sent, if anywhere.
     pub save_dir: Option<PathBuf>,
+    /// Stand in for WeCom instead: `app_id` is the CorpID, `secret` the app's Secret, and `message/send` wants
+    /// this AgentId.
+    pub wecom_agent_id: Option<String>,
 }
 
 impl Default for StandInOptions {
@@ -80,6 +83,7 @@ impl Default for StandInOptions {
             closed_window_users: Vec::new(),
             sends_per_user: None,
             seed: 1,
+            wecom_agent_id: None,
             save_dir: None,
         }
     }
@@ -214,6 +218,8 @@ impl StandIn {
             .route("/cgi-bin/material/add_material", post(upload_permanent))
             .route("/cgi-bin/material/del_material", post(delete_material))
             .route("/cgi-bin/message/custom/send", post(custom_send))
+            .route("/cgi-bin/gettoken", get(wecom_token))
+            .route("/cgi-bin/message/send", post(wecom_send))
             .route("/cgi-bin/media/get", get(get_media))
             .route("/_standin/record", get(record))
             .route("/_standin/media", post(add_media))
@@ -343,6 +349,61 @@ async fn stable_token(State(s): State<StandIn>, body: Bytes) -> Json<Value> {
         .map(|t| t.value.clone())
         .unwrap_or_default();
     Json(json!({"access_token": token, "expires_in": state.options.token_ttl_secs}))
+}
+
+/// WeCom's `gettoken`: the current token for the CorpID and app Secret (a new one only once it expired).
+async fn wecom_token(
+    State(s): State<StandIn>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    if let Some(fault) = s.faulted(false).await {
+        return Json(fault);
+    }
+    let field = |name: &str| query.get(name).map(String::as_str).unwrap_or("");
+    let mut state = s.lock();
+    if state.options.wecom_agent_id.is_none() {
+        drop(state);
+        return Json(s.refuse(40001, "not a WeCom stand-in"));
+    }
+    if field("corpid") != state.options.app_id || field("corpsecret") != state.options.secret {
+        drop(state);
+        return Json(s.refuse(40001, "invalid secret"));
+    }
+    if !state.token.as_ref().is_some_and(|t| t.valid) {
+        let value = format!(
+            "wecom-token-{}-{:016x}",
+            state.record.tokens_issued + 1,
+            state.dice.r#gen::<u64>()
+        );
+        state.token = Some(IssuedToken { value, valid: true });
+        state.record.tokens_issued += 1;
+    }
+    state.record.token_requests += 1;
+    let token = state
+        .token
+        .as_ref()
+        .map(|t| t.value.clone())
+        .unwrap_or_default();
+    Json(
+        json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": state.options.token_ttl_secs}),
+    )
+}
+
+/// WeCom's `message/send`: an app message, which must name the stand-in's AgentId; otherwise as `custom/send`.
+async fn wecom_send(
+    state: State<StandIn>,
+    query: Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Json<Value> {
+    let agent = serde_json::from_slice::<Value>(&body).ok().and_then(|m| {
+        m.get("agentid")
+            .map(|a| a.to_string().trim_matches('"').to_string())
+    });
+    let expected = state.0.lock().options.wecom_agent_id.clone();
+    if expected.is_none() || agent != expected {
+        return Json(state.0.refuse(40056, "invalid agentid"));
+    }
+    custom_send(state, query, body).await
 }
 
 async fn upload_temporary(

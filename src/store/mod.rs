@@ -481,6 +481,21 @@ pub struct CampaignRevision {
     pub changed_at: OffsetDateTime,
 }
 
+/// One delivered picture's wait, for [`Store::delivery_waits`].
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DeliveryWait {
+    /// Day of the request in Asia/Shanghai, `YYYY-MM-DD`.
+    pub day: String,
+    /// Campaign name, `''` for free prompts.
+    pub campaign: String,
+    /// Channel.
+    pub channel: String,
+    /// Account.
+    pub account: String,
+    /// Seconds from acknowledgement to delivery.
+    pub secs: f64,
+}
+
 /// One row of the `usage_daily` view.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct UsageRow {
@@ -490,6 +505,8 @@ pub struct UsageRow {
     pub campaign: String,
     /// Channel.
     pub channel: String,
+    /// The account on the channel.
+    pub account: String,
     /// Painting requests (admitted or refused).
     pub requests: i64,
     /// Jobs created.
@@ -590,6 +607,9 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     ) -> Result<Option<NewJob>, StoreError>;
     /// The content filter's entries added in the database.
     async fn filter_words(&self) -> Result<Vec<String>, StoreError>;
+    /// Seconds from acknowledgement to delivery of every picture delivered for a request from `since` on, with the
+    /// request's day, campaign, channel and account (for percentiles over any grouping).
+    async fn delivery_waits(&self, since: &str) -> Result<Vec<DeliveryWait>, StoreError>;
     /// Rows of `usage_daily` from `since` (`YYYY-MM-DD`, Asia/Shanghai) on, newest first.
     async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError>;
     /// Every campaign in use.

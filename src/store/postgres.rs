@@ -8,7 +8,7 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
-    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
+    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
     INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
     LOCK_USAGE, LeasedJob, LimitCheck, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
     RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
@@ -481,9 +481,24 @@ impl Store for PgStore {
 
     async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT day::text AS day, campaign, channel, requests, admitted, limited, blocked, painted, delivered,
-                    failed, flagged, p50_secs, p95_secs
-             FROM usage_daily WHERE day::text >= $1 ORDER BY day DESC, campaign, channel",
+            "SELECT day::text AS day, campaign, channel, account, requests, admitted, limited, blocked, painted,
+                    delivered, failed, flagged, p50_secs, p95_secs
+             FROM usage_daily WHERE day::text >= $1 ORDER BY day DESC, campaign, channel, account",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn delivery_waits(&self, since: &str) -> Result<Vec<DeliveryWait>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT day::text AS day, campaign, channel, account, secs FROM (
+                 SELECT (m.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day,
+                        coalesce(m.campaign, '') AS campaign, m.channel, m.account,
+                        extract(epoch FROM j.delivered_at - j.created_at)::float8 AS secs
+                 FROM inbound_messages m JOIN jobs j ON j.inbound_id = m.id
+                 WHERE j.delivered_at IS NOT NULL) w
+             WHERE day::text >= $1",
         )
         .bind(since)
         .fetch_all(&self.pool)

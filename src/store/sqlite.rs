@@ -13,7 +13,7 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
-    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, EXPIRE_TOKEN,
+    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
     INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
     LOCK_USAGE, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
     RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
@@ -340,9 +340,18 @@ impl Store for SqliteStore {
 
     async fn usage(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT day AS day, campaign, channel, requests, admitted, limited, blocked, painted, delivered,
-                    failed, flagged, p50_secs, p95_secs
-             FROM usage_daily WHERE day >= ?1 ORDER BY day DESC, campaign, channel",
+            "SELECT day AS day, campaign, channel, account, requests, admitted, limited, blocked, painted,
+                    delivered, failed, flagged, p50_secs, p95_secs
+             FROM usage_daily WHERE day >= ?1 ORDER BY day DESC, campaign, channel, account",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn delivery_waits(&self, since: &str) -> Result<Vec<DeliveryWait>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT day, campaign, channel, account, secs FROM usage_waits WHERE day >= ?1",
         )
         .bind(since)
         .fetch_all(&self.reader)

@@ -119,6 +119,23 @@ async fn each_account_delivers_through_its_own_credentials(backend: Backend) {
         (1, 2),
         "nothing sent twice"
     );
+    // Usage is per account, and sums per platform.
+    let rows = app.store.usage("2000-01-01").await.expect("usage");
+    let delivered = |account: &str| -> i64 {
+        rows.iter()
+            .filter(|r| r.channel == "wechat" && r.account == account)
+            .map(|r| r.delivered)
+            .sum()
+    };
+    assert_eq!((delivered("default"), delivered("brand_b")), (1, 2));
+    let waits = app.store.delivery_waits("2000-01-01").await.expect("waits");
+    let by_channel = huabi::usage::group(rows, &waits, huabi::usage::UsageBy::Channel);
+    assert_eq!(by_channel.len(), 1);
+    assert_eq!(
+        (by_channel[0].account.as_str(), by_channel[0].delivered),
+        ("*", 3)
+    );
+    assert!(by_channel[0].p95_secs.is_some());
 }
 
 async fn without_a_default_account_the_plain_webhook_is_404(backend: Backend) {

@@ -36,4 +36,5 @@ mod two_nodes;
 mod understanding;
 mod usage;
 mod webhook;
+mod wecom;
 mod worker;

@@ -273,8 +273,50 @@ async fn a_blocked_bot_holds_the_picture_and_limits_are_per_telegram_user(backen
     assert_eq!(limited, 2, "14 hears \"received\" and then why not");
 }
 
+async fn a_photo_in_a_photo_campaign_is_fetched_with_get_file_and_painted(backend: Backend) {
+    let (bot, base) = start_telegram(TelegramOptions::default()).await;
+    bot.add_file("TG-PHOTO", crate::understanding::png(96, 64, false));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = crate::understanding::photo_campaign();
+    std::fs::write(dir.path().join("photos.toml"), c.to_toml()).expect("write");
+    let seed_dir = dir.path().display().to_string();
+    let app = spawn_bot(backend, &base, &[("HUABI__CAMPAIGNS__SEED_DIR", &seed_dir)]).await;
+    let photo = serde_json::json!({
+        "update_id": 800,
+        "message": {
+            "message_id": 1, "date": now(), "chat": {"id": 77, "type": "private"},
+            "photo": [{"file_id": "TG-SMALL", "width": 32, "height": 21},
+                      {"file_id": "TG-PHOTO", "width": 96, "height": 64}]
+        }
+    });
+    assert_eq!(
+        post_update(&app, Some(SECRET), photo.to_string()).await,
+        StatusCode::OK
+    );
+    let job = crate::understanding::ended_job(&app, "77").await;
+    assert_eq!(job.status, "delivered", "{:?}", job.error);
+    assert_eq!(
+        job.photo_media_id.as_deref(),
+        Some("TG-PHOTO"),
+        "the largest size"
+    );
+    assert_eq!(job.campaign.as_deref(), Some("photos"));
+    let record = wait_for(&bot, 30, "the painting", |r| {
+        r.sends
+            .iter()
+            .any(|s| s.chat_id == "77" && s.kind == "photo")
+    })
+    .await;
+    assert_eq!(
+        record.downloads,
+        ["photos/TG-PHOTO.jpg"],
+        "fetched once with getFile"
+    );
+}
+
 on_both_databases!(
     a_message_becomes_one_picture_and_retries_nothing_twice,
+    a_photo_in_a_photo_campaign_is_fetched_with_get_file_and_painted,
     faults_are_retried_and_every_picture_arrives_once,
     a_blocked_bot_holds_the_picture_and_limits_are_per_telegram_user,
 );

@@ -35,7 +35,7 @@ fn content(body: &str) -> String {
 }
 
 /// The follower's only job once it has ended (delivered or failed).
-async fn ended_job(app: &TestApp, user: &str) -> JobDetail {
+pub async fn ended_job(app: &TestApp, user: &str) -> JobDetail {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let jobs = app
@@ -73,7 +73,7 @@ fn texts_to(stand_in: &StandIn, user: &str) -> Vec<String> {
 }
 
 /// A PNG of `width` × `height` with a gradient, or noise (which compresses badly).
-fn png(width: u32, height: u32, noise: bool) -> Vec<u8> {
+pub fn png(width: u32, height: u32, noise: bool) -> Vec<u8> {
     let mut seed = 7u32;
     let picture = image::RgbImage::from_fn(width, height, |x, y| {
         seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -200,7 +200,7 @@ async fn a_model_that_reads_chinese_gets_the_words_as_written(backend: Backend) 
 }
 
 /// The shipped campaign, running now, painting photos at 64×64 with strength 0.6.
-fn photo_campaign() -> campaign::Campaign {
+pub fn photo_campaign() -> campaign::Campaign {
     let mut c = shifted("photos", "中秋", -1, 1);
     c.photo = Some(PhotoMode {
         strength: 0.6,

@@ -93,9 +93,9 @@ async fn huabi_usage_prints_json_table_and_csv() {
     let (status, _) = app.post_plain(&text_xml("o_cli", 1, "月亮")).await;
     assert_eq!(status, 200);
     let db_url = app._db.url.clone();
-    let usage = |format: &str| {
+    let usage_by = |format: &str, by: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
-            .args(["usage", "--since", "7d", "--format", format])
+            .args(["usage", "--since", "7d", "--format", format, "--by", by])
             .env("HUABI__DATABASE__URL", &db_url)
             .env("RUST_LOG", "warn")
             .output()
@@ -107,11 +107,26 @@ async fn huabi_usage_prints_json_table_and_csv() {
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let usage = |format: &str| usage_by(format, "campaign");
     let json: serde_json::Value = serde_json::from_str(&usage("json")).expect("json");
     assert_eq!(json[0]["requests"], 1);
     assert_eq!(json[0]["admitted"], 1);
+    assert_eq!(
+        (json[0]["channel"].as_str(), json[0]["account"].as_str()),
+        (Some("wechat"), Some("default"))
+    );
     assert!(usage("table").starts_with("day"));
-    assert!(usage("csv").starts_with("day,campaign,channel,requests"));
+    assert!(usage("csv").starts_with("day,campaign,channel,account,requests"));
+    let by_channel: serde_json::Value =
+        serde_json::from_str(&usage_by("json", "channel")).expect("json");
+    assert_eq!(
+        (
+            by_channel[0]["campaign"].as_str(),
+            by_channel[0]["account"].as_str(),
+            by_channel[0]["requests"].as_i64()
+        ),
+        (Some("*"), Some("*"), Some(1))
+    );
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
         .args(["usage", "--since", "last week"])
         .env("HUABI__DATABASE__URL", &db_url)

@@ -81,13 +81,16 @@ pub struct IssuedToken {
     pub expires_in: u64,
 }
 
-/// A client for one account's API.
+/// A client for one account's API: a WeChat Official Account, or a WeCom (企业微信) self-built app, whose API is
+/// the same for media and differs in how a token is fetched and a message sent.
 #[derive(Clone)]
 pub struct WechatApi {
     http: reqwest::Client,
     base: String,
     app_id: String,
     secret: SecretString,
+    /// WeCom: the app's AgentId (then `app_id` is the CorpID and `secret` the app's Secret).
+    wecom_agent: Option<String>,
 }
 
 impl std::fmt::Debug for WechatApi {
@@ -112,12 +115,43 @@ impl WechatApi {
             base: base.trim_end_matches('/').to_string(),
             app_id: app_id.to_string(),
             secret,
+            wecom_agent: None,
         }
     }
 
-    /// The AppID this client calls for.
+    /// A client for WeCom app `agent_id` of corporation `corp_id` at `base` (`https://qyapi.weixin.qq.com`).
+    pub fn wecom(
+        base: &str,
+        corp_id: &str,
+        agent_id: &str,
+        secret: SecretString,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            wecom_agent: Some(agent_id.to_string()),
+            ..Self::new(base, corp_id, secret, timeout)
+        }
+    }
+
+    /// The AppID (WeCom: the CorpID) this client calls for.
     pub fn app_id(&self) -> &str {
         &self.app_id
+    }
+
+    /// The platform: `wechat` or `wecom`.
+    pub fn platform(&self) -> &'static str {
+        match self.wecom_agent {
+            None => super::CHANNEL,
+            Some(_) => crate::channel::wecom::CHANNEL,
+        }
+    }
+
+    /// What its shared token is stored under: the AppID, or for WeCom `CorpID/AgentId` (each app has its own).
+    pub fn credential(&self) -> String {
+        match &self.wecom_agent {
+            None => self.app_id.clone(),
+            Some(agent) => format!("{}/{agent}", self.app_id),
+        }
     }
 
     /// Whether AppID and AppSecret are set.
@@ -127,19 +161,28 @@ impl WechatApi {
 
     /// `cgi-bin/stable_token`: in normal mode repeated calls return the same token until shortly before it
     /// expires, so several nodes never invalidate each other's; `force` asks for a new one (20 a day).
+    /// WeCom has no stable token: `cgi-bin/gettoken` (corp id + app secret) returns the current one, and a new one
+    /// only once it expired, so `force` changes nothing there.
     pub async fn stable_token(&self, force: bool) -> Result<IssuedToken, ApiError> {
         if !self.is_configured() {
             return Err(ApiError::NotConfigured);
         }
-        let body = json!({
-            "grant_type": "client_credential",
-            "appid": self.app_id,
-            "secret": self.secret.expose_secret(),
-            "force_refresh": force,
-        });
-        let answer = self
-            .send(self.http.post(self.url("cgi-bin/stable_token")).json(&body))
-            .await?;
+        let request = match self.wecom_agent {
+            None => self
+                .http
+                .post(self.url("cgi-bin/stable_token"))
+                .json(&json!({
+                    "grant_type": "client_credential",
+                    "appid": self.app_id,
+                    "secret": self.secret.expose_secret(),
+                    "force_refresh": force,
+                })),
+            Some(_) => self.http.get(self.url("cgi-bin/gettoken")).query(&[
+                ("corpid", self.app_id.as_str()),
+                ("corpsecret", self.secret.expose_secret()),
+            ]),
+        };
+        let answer = self.send(request).await?;
         #[derive(Deserialize)]
         struct Token {
             access_token: String,
@@ -267,10 +310,18 @@ impl WechatApi {
         Ok(body)
     }
 
-    async fn custom_send(&self, token: &str, body: Value) -> Result<(), ApiError> {
+    /// A customer-service message (WeCom: an app message from the agent).
+    async fn custom_send(&self, token: &str, mut body: Value) -> Result<(), ApiError> {
+        let path = match &self.wecom_agent {
+            None => "cgi-bin/message/custom/send",
+            Some(agent) => {
+                body["agentid"] = agent.parse::<i64>().map_or(json!(agent), |n| json!(n));
+                "cgi-bin/message/send"
+            }
+        };
         let request = self
             .http
-            .post(self.url("cgi-bin/message/custom/send"))
+            .post(self.url(path))
             .query(&[("access_token", token)])
             .json(&body);
         self.send(request).await.map(drop)
