@@ -9,13 +9,28 @@ use sqlx::Connection;
 use crate::helpers::*;
 
 /// A node whose jobs take long enough (256², 40 steps, one thread) to be killed mid-batch; lease 2 s; delivering to
-/// the WeChat API stand-in at `api_base`.
-fn start(db_url: &str, port: u16, roles: &str, api_base: &str) -> tokio::process::Child {
+/// the WeChat API stand-in at `api_base` and to the Telegram stand-in at `telegram_base` (bot `huabot`).
+fn start(
+    db_url: &str,
+    port: u16,
+    roles: &str,
+    api_base: &str,
+    telegram_base: &str,
+) -> tokio::process::Child {
     start_serve(
         db_url,
         port,
         roles,
         &[
+            (
+                "HUABI__CHANNELS__TELEGRAM__HUABOT__BOT_TOKEN",
+                crate::telegram::BOT_TOKEN,
+            ),
+            (
+                "HUABI__CHANNELS__TELEGRAM__HUABOT__SECRET_TOKEN",
+                crate::telegram::SECRET,
+            ),
+            ("HUABI__CHANNELS__TELEGRAM__HUABOT__API_BASE", telegram_base),
             ("HUABI__WECHAT__API_BASE", api_base),
             ("HUABI__WECHAT__APP_SECRET", crate::delivery::APP_SECRET),
             ("HUABI__DELIVERY__FAST_PATH_SECS", "0"),
@@ -30,22 +45,43 @@ fn start(db_url: &str, port: u16, roles: &str, api_base: &str) -> tokio::process
 
 #[tokio::test]
 async fn killing_the_painting_worker_hands_the_job_to_the_other() {
+    kill_the_painter(Follower::Wechat).await;
+}
+
+#[tokio::test]
+async fn killing_the_painting_worker_hands_a_telegram_job_to_the_other() {
+    kill_the_painter(Follower::Telegram).await;
+}
+
+/// Where the follower in [`kill_the_painter`] writes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Follower {
+    Wechat,
+    Telegram,
+}
+
+async fn kill_the_painter(follower: Follower) {
     let db = TestDb::new(Backend::Postgres).await;
     let (stand_in, base) = crate::delivery::start_standin(Default::default()).await;
+    let (bot, bot_base) = crate::telegram::start_telegram(Default::default()).await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start(&db.url, port_a, "web,worker,deliver", &base);
+    let mut a = start(&db.url, port_a, "web,worker,deliver", &base, &bot_base);
     wait_ready(port_a, &mut a).await;
-    let mut b = start(&db.url, port_b, "worker,deliver", &base);
+    let mut b = start(&db.url, port_b, "worker,deliver", &base, &bot_base);
     wait_ready(port_b, &mut b).await;
 
-    let body = text_xml("o_failover", 424242, "月亮");
-    let resp = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
-        .query(&plain_query(now(), "n"))
-        .body(body)
-        .send()
-        .await
-        .expect("sent");
+    let client = reqwest::Client::new();
+    let request = match follower {
+        Follower::Wechat => client
+            .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
+            .query(&plain_query(now(), "n"))
+            .body(text_xml("o_failover", 424242, "月亮")),
+        Follower::Telegram => client
+            .post(format!("http://127.0.0.1:{port_a}/webhook/telegram/huabot"))
+            .header("X-Telegram-Bot-Api-Secret-Token", crate::telegram::SECRET)
+            .body(crate::telegram::update(424242, 4242, "月亮")),
+    };
+    let resp = request.send().await.expect("sent");
     assert_eq!(resp.status(), 200);
 
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
@@ -116,13 +152,25 @@ async fn killing_the_painting_worker_hands_the_job_to_the_other() {
         .expect("query");
     assert_eq!(images, 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let record = stand_in.record();
-    assert_eq!(
-        record.sends.len(),
-        1,
-        "the follower gets exactly one picture"
-    );
-    assert_eq!(record.sends[0].touser, "o_failover");
+    if follower == Follower::Wechat {
+        let record = stand_in.record();
+        assert_eq!(
+            record.sends.len(),
+            1,
+            "the follower gets exactly one picture"
+        );
+        assert_eq!(record.sends[0].touser, "o_failover");
+    } else {
+        let photos: Vec<_> = bot
+            .record()
+            .sends
+            .into_iter()
+            .filter(|s| s.kind == "photo")
+            .map(|s| s.chat_id)
+            .collect();
+        assert_eq!(photos, ["4242"], "the follower gets exactly one picture");
+        assert!(stand_in.record().sends.is_empty());
+    }
     assert!(
         survivor.try_wait().expect("status").is_none(),
         "the survivor keeps running"
@@ -133,7 +181,13 @@ async fn killing_the_painting_worker_hands_the_job_to_the_other() {
 async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
     let db = TestDb::new(Backend::Postgres).await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start(&db.url, port_a, "web", "http://127.0.0.1:9");
+    let mut a = start(
+        &db.url,
+        port_a,
+        "web",
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+    );
     wait_ready(port_a, &mut a).await;
     // The worker's poll tick is 60 s: only the notification can wake it in time.
     let mut b = start_serve(

@@ -13,10 +13,10 @@ use reqwest::StatusCode;
 use crate::delivery::delivering;
 use crate::helpers::*;
 
-const BOT_TOKEN: &str = "123456:standin-bot-token";
-const SECRET: &str = "webhook-secret_1";
+pub const BOT_TOKEN: &str = "123456:standin-bot-token";
+pub const SECRET: &str = "webhook-secret_1";
 
-async fn start_telegram(options: TelegramOptions) -> (TelegramStandIn, String) {
+pub async fn start_telegram(options: TelegramOptions) -> (TelegramStandIn, String) {
     let stand_in = TelegramStandIn::new(TelegramOptions {
         bot_token: BOT_TOKEN.into(),
         ..options
@@ -43,7 +43,7 @@ async fn spawn_bot(backend: Backend, api_base: &str, extra: &[(&str, &str)]) -> 
     spawn_app_roles(backend, &env, &[Role::Web, Role::Worker, Role::Deliver]).await
 }
 
-fn update(update_id: u64, chat: i64, text: &str) -> String {
+pub fn update(update_id: u64, chat: i64, text: &str) -> String {
     serde_json::json!({
         "update_id": update_id,
         "message": {
