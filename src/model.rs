@@ -227,9 +227,93 @@ pub struct PhotoJob {
     pub strength: f64,
 }
 
+/// Where a job stands: `queued` → `running` → `done` (painted) → `delivered`, or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// Leased by a worker that is painting it.
+    Running,
+    /// Painted and stored, not yet delivered.
+    Done,
+    /// The follower has the picture.
+    Delivered,
+    /// Ended without a picture.
+    Failed,
+}
+
+impl JobStatus {
+    /// Every status, in the order a job passes them.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Done,
+        JobStatus::Delivered,
+        JobStatus::Failed,
+    ];
+
+    /// The name stored in `jobs.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Delivered => "delivered",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether the job has ended (painted or failed).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Delivered | JobStatus::Failed
+        )
+    }
+}
+
+/// A status name that is not one of [`JobStatus`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for JobStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.chars().take(32).collect()))
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for JobStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_round_trip_their_stored_names() {
+        for status in JobStatus::ALL {
+            assert_eq!(status.as_str().parse::<JobStatus>(), Ok(status));
+            assert_eq!(status, status.as_str());
+        }
+        assert!("painting".parse::<JobStatus>().is_err());
+        assert!(JobStatus::Failed.is_finished() && !JobStatus::Running.is_finished());
+    }
 
     #[test]
     fn equal_sets_store_alike() {

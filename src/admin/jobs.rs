@@ -103,7 +103,7 @@ pub struct JobCard {
 impl JobCard {
     /// Whether the card is final (no more polling).
     pub fn settled(&self) -> bool {
-        matches!(self.job.status.as_str(), "done" | "delivered" | "failed")
+        self.job.status.is_finished()
     }
 }
 

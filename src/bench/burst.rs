@@ -198,7 +198,7 @@ mod tests {
     fn the_report_reads_percentiles_rate_and_batches_from_timelines() {
         let timings: Vec<JobTiming> = (0..10)
             .map(|i| JobTiming {
-                status: "delivered".into(),
+                status: crate::model::JobStatus::Delivered,
                 created_s: 100.0,
                 delivered_s: Some(100.0 + (i + 1) as f64),
                 batch_size: Some(if i < 8 { 4 } else { 2 }),

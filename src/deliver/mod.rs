@@ -207,8 +207,11 @@ impl Deliverer {
         outbound: &dyn Outbound,
         task: &DeliveryTask,
     ) -> (Result<(), DeliverError>, bool) {
+        // `delivery.passive_only` describes WeChat accounts without the customer-service API.
+        let configured =
+            self.settings.passive_only && outbound.platform() == crate::channel::wechat::CHANNEL;
         let passive_only = match outbound.passive_only().await {
-            Ok(flag) => self.settings.passive_only || flag,
+            Ok(flag) => configured || flag,
             Err(e) => return (Err(e.into()), false),
         };
         let outcome = if passive_only {

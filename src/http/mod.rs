@@ -64,6 +64,16 @@ pub struct WebhookRequest {
     pub body: axum::body::Bytes,
 }
 
+impl WebhookRequest {
+    /// The WeChat-style signature parameters of the query; missing or garbled ones are absent (and then refused by
+    /// the signature check).
+    pub fn wechat_query(&self) -> crate::channel::wechat::WebhookQuery {
+        axum::extract::Query::try_from_uri(&self.uri)
+            .map(|q| q.0)
+            .unwrap_or_default()
+    }
+}
+
 /// One platform account's webhook: the platform's own checks, parsing and answer around the shared message use
 /// case ([`crate::inbox::Inbox`]). A platform plugs in by implementing this and being listed in
 /// [`crate::app::App::build`].

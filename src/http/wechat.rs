@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
@@ -30,13 +29,6 @@ pub struct WechatEndpoint {
     pub passive: Option<Arc<PassiveReplies>>,
 }
 
-fn query(request: &WebhookRequest) -> WebhookQuery {
-    // Missing or garbled parameters become missing fields, refused by the signature check.
-    Query::<WebhookQuery>::try_from_uri(&request.uri)
-        .map(|q| q.0)
-        .unwrap_or_default()
-}
-
 #[async_trait::async_trait]
 impl Webhook for WechatEndpoint {
     fn platform(&self) -> &'static str {
@@ -51,12 +43,12 @@ impl Webhook for WechatEndpoint {
     async fn get(&self, _state: &AppState, request: WebhookRequest) -> Result<Response, ApiError> {
         Ok(self
             .channel
-            .verify_url(&query(&request), now())?
+            .verify_url(&request.wechat_query(), now())?
             .into_response())
     }
 
     async fn post(&self, state: &AppState, request: WebhookRequest) -> Result<Response, ApiError> {
-        receive(state, self, &query(&request), &request.body).await
+        receive(state, self, &request.wechat_query(), &request.body).await
     }
 
     fn answers_with_pictures(&self) -> bool {

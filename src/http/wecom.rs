@@ -2,13 +2,11 @@
 //! admitted exactly once (WeCom retries a message it got no answer to within about 5 s: same MsgId), and answered
 //! inside the window with an encrypted passive text; the picture follows through `message/send`.
 
-use axum::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
 use super::{AppState, Webhook, WebhookRequest, error::ApiError};
-use crate::channel::wechat::WebhookQuery;
 use crate::channel::wecom::{CHANNEL, WecomChannel};
 use crate::inbox::Step;
 use crate::model::Reply;
@@ -18,13 +16,6 @@ use crate::store::Admission;
 pub struct WecomEndpoint {
     /// Verifies, opens and parses its callbacks and renders its replies.
     pub channel: WecomChannel,
-}
-
-fn query(request: &WebhookRequest) -> WebhookQuery {
-    // Missing or garbled parameters become missing fields, refused by the signature check.
-    Query::<WebhookQuery>::try_from_uri(&request.uri)
-        .map(|q| q.0)
-        .unwrap_or_default()
 }
 
 #[async_trait::async_trait]
@@ -41,7 +32,7 @@ impl Webhook for WecomEndpoint {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         Ok(self
             .channel
-            .verify_url(&query(&request), now)?
+            .verify_url(&request.wechat_query(), now)?
             .into_response())
     }
 
@@ -49,7 +40,7 @@ impl Webhook for WecomEndpoint {
         let now = OffsetDateTime::now_utc();
         let received =
             self.channel
-                .receive(&query(&request), &request.body, now.unix_timestamp())?;
+                .receive(&request.wechat_query(), &request.body, now.unix_timestamp())?;
         let reply = match state.inbox.prepare(&received.inbound, now, false).await? {
             Step::Admit(submission) => match state.inbox.admit(&submission).await? {
                 Admission::Accepted { .. } => submission.reply.clone(),

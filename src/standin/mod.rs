@@ -332,23 +332,28 @@ async fn stable_token(State(s): State<StandIn>, body: Bytes) -> Json<Value> {
         .get("force_refresh")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let current_valid = state.token.as_ref().is_some_and(|t| t.valid);
-    if force || !current_valid {
-        let value = format!(
-            "standin-token-{}-{:016x}",
-            state.record.tokens_issued + 1,
-            state.dice.r#gen::<u64>()
-        );
-        state.token = Some(IssuedToken { value, valid: true });
-        state.record.tokens_issued += 1;
-    }
-    state.record.token_requests += 1;
-    let token = state
-        .token
-        .as_ref()
-        .map(|t| t.value.clone())
-        .unwrap_or_default();
+    let token = state.hand_out_token(force);
     Json(json!({"access_token": token, "expires_in": state.options.token_ttl_secs}))
+}
+
+impl State_ {
+    /// The current token, a new one when there is none in date or `force` asks for one.
+    fn hand_out_token(&mut self, force: bool) -> String {
+        if force || !self.token.as_ref().is_some_and(|t| t.valid) {
+            let value = format!(
+                "standin-token-{}-{:016x}",
+                self.record.tokens_issued + 1,
+                self.dice.r#gen::<u64>()
+            );
+            self.token = Some(IssuedToken { value, valid: true });
+            self.record.tokens_issued += 1;
+        }
+        self.record.token_requests += 1;
+        self.token
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// WeCom's `gettoken`: the current token for the CorpID and app Secret (a new one only once it expired).
@@ -369,21 +374,7 @@ async fn wecom_token(
         drop(state);
         return Json(s.refuse(40001, "invalid secret"));
     }
-    if !state.token.as_ref().is_some_and(|t| t.valid) {
-        let value = format!(
-            "wecom-token-{}-{:016x}",
-            state.record.tokens_issued + 1,
-            state.dice.r#gen::<u64>()
-        );
-        state.token = Some(IssuedToken { value, valid: true });
-        state.record.tokens_issued += 1;
-    }
-    state.record.token_requests += 1;
-    let token = state
-        .token
-        .as_ref()
-        .map(|t| t.value.clone())
-        .unwrap_or_default();
+    let token = state.hand_out_token(false);
     Json(
         json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": state.options.token_ttl_secs}),
     )

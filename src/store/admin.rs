@@ -161,7 +161,7 @@ pub struct JobDetail {
     /// Seed (once leased).
     pub seed: Option<i64>,
     /// Status.
-    pub status: String,
+    pub status: crate::model::JobStatus,
     /// Leases taken.
     pub attempts: i32,
     /// Painting error.

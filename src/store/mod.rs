@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::config::DatabaseSettings;
 use crate::limits::{self, Limits, Listing, Refused, Usage};
-use crate::model::{Inbound, NewJob, PhotoJob, Refusal, RefusalReason, Reply};
+use crate::model::{Inbound, JobStatus, NewJob, PhotoJob, Refusal, RefusalReason, Reply};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -214,8 +214,8 @@ pub struct JobRow {
     pub source_msg_id: String,
     /// The prompt.
     pub prompt: String,
-    /// `queued`, `running`, `done`, `delivered` or `failed`.
-    pub status: String,
+    /// Where it stands.
+    pub status: JobStatus,
     /// When the job was admitted.
     pub created_at: OffsetDateTime,
     /// Its campaign, if any.
@@ -352,7 +352,7 @@ pub struct DeliveryTask {
     /// Follower id.
     pub user_id: String,
     /// `done` (send the picture) or `failed` (tell the follower).
-    pub status: String,
+    pub status: JobStatus,
     /// The picture's media id from an earlier attempt's upload.
     pub media_id: Option<String>,
     /// Delivery leases taken so far, this one included.
@@ -364,7 +364,7 @@ pub struct DeliveryTask {
 impl DeliveryTask {
     /// Whether the follower is owed a picture (else a failure notice).
     pub fn is_picture(&self) -> bool {
-        self.status == "done"
+        self.status == JobStatus::Done
     }
 }
 
@@ -481,6 +481,31 @@ pub struct CampaignRevision {
     pub changed_at: OffsetDateTime,
 }
 
+// Job statuses are stored as their names in a TEXT column on both databases.
+impl<DB: sqlx::Database> sqlx::Type<DB> for JobStatus
+where
+    String: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <String as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <String as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for JobStatus
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(
+        value: <DB as sqlx::Database>::ValueRef<'r>,
+    ) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(<String as sqlx::Decode<DB>>::decode(value)?.parse()?)
+    }
+}
+
 /// One delivered picture's wait, for [`Store::delivery_waits`].
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DeliveryWait {
@@ -548,7 +573,7 @@ pub struct QueueStatus {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JobTiming {
     /// Job status.
-    pub status: String,
+    pub status: JobStatus,
     /// Admission time, unix seconds.
     pub created_s: f64,
     /// Delivery time, unix seconds.

@@ -17,17 +17,12 @@ const B_SECRET: &str = "brand-b-secret";
 
 /// Starts a stand-in that knows only account B's credentials.
 async fn start_b_standin() -> (StandIn, String) {
-    let stand_in = StandIn::new(StandInOptions {
+    crate::delivery::serve_standin(StandInOptions {
         app_id: B_APP_ID.into(),
         secret: B_SECRET.into(),
         ..StandInOptions::default()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(stand_in.clone().serve(listener));
-    (stand_in, base)
+    })
+    .await
 }
 
 /// POSTs a plaintext message signed with `token` to `path`.
@@ -100,7 +95,7 @@ async fn each_account_delivers_through_its_own_credentials(backend: Backend) {
         let jobs = app.store.recent_jobs(10).await.expect("jobs");
         let mut accounts: Vec<(String, String)> = jobs
             .iter()
-            .map(|j| (j.account.clone(), j.status.clone()))
+            .map(|j| (j.account.clone(), j.status.to_string()))
             .collect();
         accounts.sort();
         let expected = vec![

@@ -14,11 +14,17 @@ pub const APP_SECRET: &str = "standin-secret";
 
 /// Starts a stand-in for the test account; returns it and its base URL.
 pub async fn start_standin(options: StandInOptions) -> (StandIn, String) {
-    let stand_in = StandIn::new(StandInOptions {
+    serve_standin(StandInOptions {
         app_id: APP_ID.into(),
         secret: APP_SECRET.into(),
         ..options
-    });
+    })
+    .await
+}
+
+/// Starts a stand-in with exactly `options` on a free port; returns it and its base URL.
+pub async fn serve_standin(options: StandInOptions) -> (StandIn, String) {
+    let stand_in = StandIn::new(options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

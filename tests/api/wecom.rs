@@ -19,18 +19,13 @@ const SECRET: &str = "wecom-app-secret";
 const CALLBACK_TOKEN: &str = "wecomToken";
 
 async fn start_wecom(options: StandInOptions) -> (StandIn, String) {
-    let stand_in = StandIn::new(StandInOptions {
+    crate::delivery::serve_standin(StandInOptions {
         app_id: CORP_ID.into(),
         secret: SECRET.into(),
         wecom_agent_id: Some(AGENT_ID.into()),
         ..options
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(stand_in.clone().serve(listener));
-    (stand_in, base)
+    })
+    .await
 }
 
 async fn spawn_wecom(backend: Backend, api_base: &str) -> TestApp {
