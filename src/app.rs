@@ -61,6 +61,160 @@ fn node_id(role: &str) -> String {
     )
 }
 
+/// The accounts this node serves: each configured account's senders in the registry and its webhook. A platform
+/// plugs in here with one function.
+fn accounts(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    web: bool,
+    finished: &broadcast::Sender<i64>,
+) -> anyhow::Result<(Channels, Vec<Arc<dyn Webhook>>)> {
+    let mut channels = Channels::new();
+    let mut endpoints: Vec<Arc<dyn Webhook>> = Vec::new();
+    wechat_accounts(
+        settings,
+        store,
+        web,
+        finished,
+        &mut channels,
+        &mut endpoints,
+    )?;
+    wecom_accounts(settings, store, &mut channels, &mut endpoints)?;
+    telegram_accounts(settings, &mut channels, &mut endpoints);
+    Ok((channels, endpoints))
+}
+
+/// WeChat Official Accounts: webhook, and with AppID + AppSecret the API (shared token, passive replies).
+fn wechat_accounts(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    web: bool,
+    finished: &broadcast::Sender<i64>,
+    channels: &mut Channels,
+    endpoints: &mut Vec<Arc<dyn Webhook>>,
+) -> anyhow::Result<()> {
+    for account in &settings.channels.wechat {
+        let name = account.name.as_str();
+        let channel = WechatChannel::new(name, &account.settings)
+            .with_context(|| format!("WeChat account {name}"))?;
+        if !channel.is_configured() {
+            tracing::warn!(
+                account = name,
+                "the WeChat account has no Token (HUABI__WECHAT__TOKEN for `default`): its webhook answers 503 until it has"
+            );
+        }
+        let api = Arc::new(WechatApi::new(
+            &account.settings.api_base,
+            &account.settings.app_id,
+            account.settings.app_secret.clone(),
+            Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+        ));
+        let mut passive = None;
+        if api.is_configured() {
+            let tokens = Arc::new(TokenService::new(
+                store.clone(),
+                api.clone(),
+                node_id("token"),
+            ));
+            let outbound = Arc::new(WechatOutbound::new(tokens.clone()));
+            channels.insert(
+                crate::channel::wechat::CHANNEL,
+                name,
+                AccountChannel {
+                    outbound: outbound.clone(),
+                    media: Some(outbound as Arc<dyn MediaSource>),
+                },
+            );
+            passive = web.then(|| {
+                Arc::new(PassiveReplies::new(
+                    store.clone(),
+                    tokens,
+                    node_id("web"),
+                    settings.delivery.clone(),
+                    settings.replies.clone(),
+                    finished.clone(),
+                ))
+            });
+        }
+        endpoints.push(Arc::new(WechatEndpoint { channel, passive }));
+    }
+    Ok(())
+}
+
+/// WeCom self-built apps: callback, and with Secret + AgentId the API.
+fn wecom_accounts(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    channels: &mut Channels,
+    endpoints: &mut Vec<Arc<dyn Webhook>>,
+) -> anyhow::Result<()> {
+    for account in &settings.channels.wecom {
+        let name = account.name.as_str();
+        let channel = WecomChannel::new(
+            name,
+            account.token.expose_secret(),
+            account.aes_key.expose_secret(),
+            &account.corp_id,
+        )
+        .with_context(|| format!("WeCom account {name}"))?;
+        let api = Arc::new(WechatApi::wecom(
+            &account.api_base,
+            &account.corp_id,
+            &account.agent_id,
+            account.secret.clone(),
+            Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+        ));
+        if api.is_configured() && !account.agent_id.is_empty() {
+            let tokens = Arc::new(TokenService::new(store.clone(), api, node_id("token")));
+            let outbound = Arc::new(WechatOutbound::new(tokens));
+            channels.insert(
+                wecom::CHANNEL,
+                name,
+                AccountChannel {
+                    outbound: outbound.clone(),
+                    media: Some(outbound as Arc<dyn MediaSource>),
+                },
+            );
+        }
+        endpoints.push(Arc::new(WecomEndpoint { channel }));
+    }
+    Ok(())
+}
+
+/// Telegram bots: webhook, and with a bot token the Bot API.
+fn telegram_accounts(
+    settings: &Settings,
+    channels: &mut Channels,
+    endpoints: &mut Vec<Arc<dyn Webhook>>,
+) {
+    for account in &settings.channels.telegram {
+        let name = account.name.as_str();
+        let api = TelegramApi::new(
+            &account.api_base,
+            account.bot_token.clone(),
+            Duration::from_secs_f64(settings.delivery.api_timeout_secs),
+        );
+        let outbound = api
+            .is_configured()
+            .then(|| Arc::new(TelegramOutbound::new(api)));
+        if let Some(outbound) = &outbound {
+            channels.insert(
+                telegram::CHANNEL,
+                name,
+                AccountChannel {
+                    outbound: outbound.clone(),
+                    media: Some(outbound.clone() as Arc<dyn MediaSource>),
+                },
+            );
+        }
+        let channel = TelegramChannel::new(name, account.secret_token.clone());
+        endpoints.push(Arc::new(TelegramEndpoint {
+            channel,
+            outbound: outbound.map(|o| o as Arc<dyn Outbound>),
+        }));
+    }
+}
+
 impl App {
     /// Connects and migrates the database, loads the engine when the node paints, builds the channels and binds
     /// the listen address.
@@ -76,110 +230,8 @@ impl App {
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let (finished, _) = broadcast::channel(1024);
-        let web = roles.contains(&Role::Web);
-        let mut channels = Channels::new();
-        let mut endpoints: Vec<Arc<dyn Webhook>> = Vec::new();
-        for account in &settings.channels.wechat {
-            let name = account.name.as_str();
-            let channel = WechatChannel::new(name, &account.settings)
-                .with_context(|| format!("WeChat account {name}"))?;
-            if !channel.is_configured() {
-                tracing::warn!(
-                    account = name,
-                    "the WeChat account has no Token (HUABI__WECHAT__TOKEN for `default`): its webhook answers 503 until it has"
-                );
-            }
-            let api = Arc::new(WechatApi::new(
-                &account.settings.api_base,
-                &account.settings.app_id,
-                account.settings.app_secret.clone(),
-                Duration::from_secs_f64(settings.delivery.api_timeout_secs),
-            ));
-            let mut passive = None;
-            if api.is_configured() {
-                let tokens = Arc::new(TokenService::new(
-                    store.clone(),
-                    api.clone(),
-                    node_id("token"),
-                ));
-                let outbound = Arc::new(WechatOutbound::new(tokens.clone()));
-                channels.insert(
-                    crate::channel::wechat::CHANNEL,
-                    name,
-                    AccountChannel {
-                        outbound: outbound.clone(),
-                        media: Some(outbound as Arc<dyn MediaSource>),
-                    },
-                );
-                passive = web.then(|| {
-                    Arc::new(PassiveReplies::new(
-                        store.clone(),
-                        tokens,
-                        node_id("web"),
-                        settings.delivery.clone(),
-                        settings.replies.clone(),
-                        finished.clone(),
-                    ))
-                });
-            }
-            endpoints.push(Arc::new(WechatEndpoint { channel, passive }));
-        }
-        for account in &settings.channels.telegram {
-            let name = account.name.as_str();
-            let api = TelegramApi::new(
-                &account.api_base,
-                account.bot_token.clone(),
-                Duration::from_secs_f64(settings.delivery.api_timeout_secs),
-            );
-            let outbound = api
-                .is_configured()
-                .then(|| Arc::new(TelegramOutbound::new(api)));
-            if let Some(outbound) = &outbound {
-                channels.insert(
-                    telegram::CHANNEL,
-                    name,
-                    AccountChannel {
-                        outbound: outbound.clone(),
-                        media: Some(outbound.clone() as Arc<dyn MediaSource>),
-                    },
-                );
-            }
-            let channel = TelegramChannel::new(name, account.secret_token.clone());
-            endpoints.push(Arc::new(TelegramEndpoint {
-                channel,
-                outbound: outbound.map(|o| o as Arc<dyn Outbound>),
-            }));
-        }
-        for account in &settings.channels.wecom {
-            let name = account.name.as_str();
-            let channel = WecomChannel::new(
-                name,
-                account.token.expose_secret(),
-                account.aes_key.expose_secret(),
-                &account.corp_id,
-            )
-            .with_context(|| format!("WeCom account {name}"))?;
-            let api = Arc::new(WechatApi::wecom(
-                &account.api_base,
-                &account.corp_id,
-                &account.agent_id,
-                account.secret.clone(),
-                Duration::from_secs_f64(settings.delivery.api_timeout_secs),
-            ));
-            if api.is_configured() && !account.agent_id.is_empty() {
-                let tokens = Arc::new(TokenService::new(store.clone(), api, node_id("token")));
-                let outbound = Arc::new(WechatOutbound::new(tokens));
-                channels.insert(
-                    wecom::CHANNEL,
-                    name,
-                    AccountChannel {
-                        outbound: outbound.clone(),
-                        media: Some(outbound as Arc<dyn MediaSource>),
-                    },
-                );
-            }
-            endpoints.push(Arc::new(WecomEndpoint { channel }));
-        }
+        let (channels, endpoints) =
+            accounts(&settings, &store, roles.contains(&Role::Web), &finished)?;
         let channels = Arc::new(channels);
         let worker = if roles.contains(&Role::Worker) {
             let config = settings.engine.clone();
