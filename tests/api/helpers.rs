@@ -319,3 +319,21 @@ pub fn paints_default() -> huabi::store::Capabilities {
         loras: Vec::new(),
     }
 }
+
+/// Waits until the newest `count` jobs are all `delivered` in the store: the deliverer records that after its send,
+/// and never leases a delivered job again, so what a stand-in received by then is all it will receive.
+pub async fn wait_all_delivered(app: &TestApp, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let jobs = app.store.recent_jobs(count as i64).await.expect("jobs");
+        if jobs.len() == count && jobs.iter().all(|j| j.status == "delivered") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs not all delivered: {:?}",
+            jobs.iter().map(|j| (j.id, j.status)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -169,7 +169,7 @@ async fn a_message_becomes_one_picture_and_retries_nothing_twice(backend: Backen
         .expect("sent")
         .status();
     assert_eq!(status, StatusCode::NOT_FOUND);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_all_delivered(&app, 1).await;
     assert_eq!(
         photos_per_chat(&bot.record()),
         [("42".to_string(), 1)].into()
@@ -202,7 +202,7 @@ async fn faults_are_retried_and_every_picture_arrives_once(backend: Backend) {
     })
     .await;
     assert!(record.faults > 0, "faults were injected");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_all_delivered(&app, chats.len()).await;
     let per_chat = photos_per_chat(&bot.record());
     assert!(per_chat.values().all(|&n| n == 1), "{per_chat:?}");
 }

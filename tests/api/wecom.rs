@@ -3,8 +3,6 @@
 //! picture through `gettoken` + `media/upload` + `message/send` with the AgentId, also under 30 % API faults —
 //! against the stand-in in its WeCom mode, beside the WeChat account every test app has.
 
-use std::time::Duration;
-
 use huabi::app::Role;
 use huabi::channel::wechat::crypto::AesKey;
 use huabi::channel::wechat::{signature, xml};
@@ -153,7 +151,7 @@ async fn a_callback_becomes_one_picture_through_message_send(backend: Backend) {
         ),
         ("wecom", "hr", "zhangsan")
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_all_delivered(&app, 1).await;
     assert_eq!(wecom.record().sends.len(), 1, "nothing sent twice");
 }
 
@@ -180,7 +178,7 @@ async fn api_faults_are_retried_and_every_picture_arrives_once(backend: Backend)
     })
     .await;
     assert!(record.faults > 0, "faults were injected");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_all_delivered(&app, users.len()).await;
     let per_user = images_per_user(&wecom.record());
     assert!(per_user.values().all(|&n| n == 1), "{per_user:?}");
 }
