@@ -312,6 +312,9 @@ async fn with_fetch_on_any_message_the_next_prompt_fetches_the_waiting_picture(b
         &[
             ("HUABI__DELIVERY__PASSIVE_ONLY", "true"),
             ("HUABI__DELIVERY__FETCH_ON_ANY_MESSAGE", "true"),
+            // A slow machine keeps more of this follower's jobs in flight; no limit may refuse one.
+            ("HUABI__LIMITS__IN_FLIGHT", "0"),
+            ("HUABI__LIMITS__PER_MINUTE", "0"),
         ],
     )
     .await;
