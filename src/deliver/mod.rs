@@ -113,6 +113,15 @@ impl Deliverer {
 
     /// One delivery attempt, recorded in the store whatever happens.
     async fn deliver(&self, task: DeliveryTask) -> Result<(), StoreError> {
+        // A deliverer that was paused past its lease must not send what another deliverer may have sent already.
+        if !self
+            .store
+            .renew_delivery(task.lease(&self.id), self.settings.lease_secs)
+            .await?
+        {
+            late_delivery(&task);
+            return Ok(());
+        }
         let outbound = self
             .channels
             .get(&task.channel, &task.account)
@@ -190,13 +199,10 @@ impl Deliverer {
         }
         if !self
             .store
-            .finish_delivery(task.job_id, &self.id, end)
+            .finish_delivery(task.lease(&self.id), end)
             .await?
         {
-            tracing::warn!(
-                job = task.job_id,
-                "delivery lease lost; another deliverer owns the job"
-            );
+            late_delivery(&task);
         }
         Ok(())
     }
@@ -266,7 +272,7 @@ impl Deliverer {
         let picture = match outbound.upload_picture(&jpeg, &name).await? {
             Some(media_id) => {
                 self.store
-                    .save_media_id(task.job_id, &self.id, &media_id)
+                    .save_media_id(task.lease(&self.id), &media_id)
                     .await?;
                 outbound
                     .send_picture(&task.user_id, Picture::Uploaded(&media_id))
@@ -345,6 +351,16 @@ fn log_ended(ended: Result<Result<(), StoreError>, tokio::task::JoinError>) {
         }
         Err(e) => tracing::error!(error = %e, "delivery task failed"),
     }
+}
+
+/// Counts and logs a delivery whose lease was taken over before its outcome could be recorded.
+fn late_delivery(task: &DeliveryTask) {
+    metrics::counter!("huabi_late_results_total", "role" => "deliver").increment(1);
+    tracing::warn!(
+        job = task.job_id,
+        attempt = task.delivery_attempts,
+        "delivery lease taken over; this deliverer's outcome is discarded"
+    );
 }
 
 #[cfg(test)]

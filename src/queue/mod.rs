@@ -90,6 +90,17 @@ enum PhotoProblem {
     Retry(String),
 }
 
+/// Counts and logs a result refused because the lease it was painted under was taken over (this worker was paused,
+/// cut off or slow past its lease, and another worker painted the job).
+fn late_result(job: &LeasedJob) {
+    metrics::counter!("huabi_late_results_total", "role" => "worker").increment(1);
+    tracing::warn!(
+        job = job.id,
+        attempt = job.attempts,
+        "late result discarded: the lease was taken over while painting"
+    );
+}
+
 fn batch_of(jobs: &[Ready]) -> Result<Batch, String> {
     let first = &jobs.first().ok_or("empty batch")?.job;
     let scheduler: SchedulerKind = first.scheduler.parse().map_err(|e| format!("{e}"))?;
@@ -271,7 +282,7 @@ impl Worker {
                         };
                         if self
                             .store
-                            .refuse_job(item.job.id, &self.id, &refusal)
+                            .refuse_job(item.job.lease(&self.id), &refusal)
                             .await?
                         {
                             ended.push(item.job.id);
@@ -282,7 +293,7 @@ impl Worker {
                         tracing::warn!(job = item.job.id, %error, "photo not fetched; the job goes back to the queue");
                         let fate = self
                             .store
-                            .fail_job(item.job.id, &self.id, &error, self.jobs.max_attempts)
+                            .fail_job(item.job.lease(&self.id), &error, self.jobs.max_attempts)
                             .await?;
                         if fate == JobFate::Failed {
                             ended.push(item.job.id);
@@ -376,7 +387,7 @@ impl Worker {
         };
         tracing::info!(job = job.id, english = %prompt.text, ms, "prompt translated");
         self.store
-            .save_translation(job.id, &self.id, &painted)
+            .save_translation(job.lease(&self.id), &painted)
             .await?;
         if prompt.changed() {
             item.prompt = prompt.text;
@@ -459,7 +470,7 @@ impl Worker {
                                     jpeg: self.keep_flagged.then_some(file.jpeg.as_slice()),
                                 };
                                 let ended =
-                                    self.store.refuse_job(job.id, &self.id, &refusal).await?;
+                                    self.store.refuse_job(job.lease(&self.id), &refusal).await?;
                                 if ended {
                                     failed += 1;
                                 }
@@ -468,7 +479,7 @@ impl Worker {
                             _ => {
                                 let completed = self
                                     .store
-                                    .complete_job(job.id, &self.id, &file.jpeg, batch_size)
+                                    .complete_job(job.lease(&self.id), &file.jpeg, batch_size)
                                     .await?;
                                 if completed {
                                     done += 1;
@@ -479,10 +490,7 @@ impl Worker {
                         if stored {
                             finished.push(job.id);
                         } else {
-                            tracing::warn!(
-                                job = job.id,
-                                "lease lost while painting; another worker owns the job"
-                            );
+                            late_result(job);
                         }
                     }
                 }
@@ -497,7 +505,7 @@ impl Worker {
                     for job in group.iter().map(|r| &r.job) {
                         match self
                             .store
-                            .fail_job(job.id, &self.id, &error.to_string(), attempts)
+                            .fail_job(job.lease(&self.id), &error.to_string(), attempts)
                             .await?
                         {
                             JobFate::Requeued => failed += 1,
@@ -505,7 +513,7 @@ impl Worker {
                                 failed += 1;
                                 finished.push(job.id);
                             }
-                            JobFate::LeaseLost => {}
+                            JobFate::LeaseLost => late_result(job),
                         }
                     }
                 }

@@ -4,6 +4,7 @@
 #[macro_use]
 pub mod admin;
 mod postgres;
+mod presence;
 mod sqlite;
 
 use std::sync::Arc;
@@ -269,6 +270,29 @@ pub struct LeasedJob {
     pub strength: f64,
 }
 
+/// The lease a result is stored under: every result and state change of a leased job names the lease it holds,
+/// and the store refuses it when the job was taken over since (another holder, or a later lease of the same one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease<'a> {
+    /// The job.
+    pub job: i64,
+    /// Who took the lease.
+    pub holder: &'a str,
+    /// Which lease of the job it is (`attempts` for painting, `delivery_attempts` for delivery).
+    pub attempt: i32,
+}
+
+impl LeasedJob {
+    /// The lease `holder` painted this job under.
+    pub fn lease<'a>(&self, holder: &'a str) -> Lease<'a> {
+        Lease {
+            job: self.id,
+            holder,
+            attempt: self.attempts,
+        }
+    }
+}
+
 /// What one worker can paint, as it last said.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Capabilities {
@@ -362,6 +386,15 @@ pub struct DeliveryTask {
 }
 
 impl DeliveryTask {
+    /// The lease `holder` delivers this job under.
+    pub fn lease<'a>(&self, holder: &'a str) -> Lease<'a> {
+        Lease {
+            job: self.job_id,
+            holder,
+            attempt: self.delivery_attempts,
+        }
+    }
+
     /// Whether the follower is owed a picture (else a failure notice).
     pub fn is_picture(&self) -> bool {
         self.status == JobStatus::Done
@@ -671,31 +704,28 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     async fn queue_by_model(&self) -> Result<Vec<ModelQueue>, StoreError>;
     /// Extends every lease `worker` holds; returns how many.
     async fn heartbeat(&self, worker: &str, lease_secs: f64) -> Result<u64, StoreError>;
-    /// Stores the finished picture and marks the job `done`, if `worker` still holds it; returns whether it did.
+    /// Stores the finished picture and marks the job `done`, if `lease` still holds it; returns whether it did.
     /// `batch_size` is how many jobs were painted in the same pass.
     async fn complete_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         jpeg: &[u8],
         batch_size: i32,
     ) -> Result<bool, StoreError>;
     /// Gives a job back after an error: requeued while attempts remain, else failed with `error`.
     async fn fail_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         error: &str,
         max_attempts: i32,
     ) -> Result<JobFate, StoreError>;
     /// Fails running jobs whose lease expired with no attempts left; returns their ids.
     async fn fail_exhausted(&self, max_attempts: i32) -> Result<Vec<i64>, StoreError>;
-    /// Records, under the lease `worker` holds, the English a job's Chinese was painted from and the milliseconds the
-    /// translation took; false when the lease is gone.
+    /// Records, under `lease`, the English a job's Chinese was painted from and the milliseconds the translation
+    /// took; false when the lease is gone.
     async fn save_translation(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         painted: &Painted<'_>,
     ) -> Result<bool, StoreError>;
     /// Ends a leased job as failed for good for a reason no retry changes (a flagged picture, a refused photo):
@@ -703,8 +733,7 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     /// review) is stored when given. False when the lease is gone.
     async fn refuse_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         refusal: &JobRefusal<'_>,
     ) -> Result<bool, StoreError>;
     /// What a failed job's follower is told, when the job says (else the generic failure text applies).
@@ -725,13 +754,14 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
         lease_secs: f64,
         accounts: &[String],
     ) -> Result<Vec<DeliveryTask>, StoreError>;
+    /// Extends a delivery lease for `lease_secs` if `lease` still holds the job; false when it was taken over.
+    async fn renew_delivery(&self, lease: Lease<'_>, lease_secs: f64) -> Result<bool, StoreError>;
     /// Remembers the media id of an uploaded picture so a retried send does not upload again.
-    async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError>;
-    /// Records how a delivery attempt ended and lets go of the lease; false if `holder` no longer held it.
+    async fn save_media_id(&self, lease: Lease<'_>, media_id: &str) -> Result<(), StoreError>;
+    /// Records how a delivery attempt ended and lets go of the lease; false if `lease` no longer held the job.
     async fn finish_delivery(
         &self,
-        id: i64,
-        holder: &str,
+        lease: Lease<'_>,
         end: DeliveryEnd<'_>,
     ) -> Result<bool, StoreError>;
     /// Leases a finished job to a webhook request that will answer with it; the job's status if it could.

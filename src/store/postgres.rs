@@ -6,12 +6,13 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
+use super::presence::{LIVE_NODES, ORPHANED, Presence};
 use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
     CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
     INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
-    LOCK_USAGE, LeasedJob, LimitCheck, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
-    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
+    LOCK_USAGE, Lease, LeasedJob, LimitCheck, LockedUsage, ModelQueue, NewJob, Painted,
+    QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
     SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
     account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
     refused_submission, source_msg_id, waiting,
@@ -72,32 +73,38 @@ WITH inbound AS (
 )
 SELECT (SELECT id FROM inbound), (SELECT id FROM job)";
 
-/// Leases the oldest eligible job's batch: same painting parameters, oldest first, skipping rows other workers
-/// are locking right now.
-const LEASE: &str = "
-WITH head AS (
+/// Leases the oldest eligible job's batch: same painting parameters, orphans first (running jobs whose lease
+/// expired or whose node is gone), then oldest first, skipping rows other workers are locking right now. `$7` is
+/// this node's presence key (NULL while it holds no presence lock).
+static LEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {LIVE_NODES}, head AS (
     SELECT model, loras, width, height, steps, scheduler, strength FROM jobs
-    WHERE (status = 'queued' OR (status = 'running' AND leased_until < now())) AND attempts < $4
+    WHERE (status = 'queued' OR (status = 'running' AND (leased_until < now() OR {ORPHANED}))) AND attempts < $4
       AND model IN (SELECT jsonb_array_elements_text($5::jsonb))
       AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(jobs.loras::jsonb) l
                       WHERE l->>'name' NOT IN (SELECT jsonb_array_elements_text($6::jsonb)))
-    ORDER BY priority DESC, created_at, id LIMIT 1
+    ORDER BY status = 'running' DESC, priority DESC, created_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT j.id FROM jobs j, head
-    WHERE (j.status = 'queued' OR (j.status = 'running' AND j.leased_until < now())) AND j.attempts < $4
+    WHERE (j.status = 'queued' OR (j.status = 'running' AND (j.leased_until < now() OR {ORPHANED})))
+      AND j.attempts < $4
       AND j.model = head.model AND j.loras = head.loras
       AND j.width = head.width AND j.height = head.height AND j.steps = head.steps AND j.scheduler = head.scheduler
       AND j.strength = head.strength
-    ORDER BY j.priority DESC, j.created_at, j.id LIMIT $2
+    ORDER BY j.status = 'running' DESC, j.priority DESC, j.created_at, j.id LIMIT $2
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_interval(secs => $3),
+    lease_node = $7,
     attempts = attempts + 1, started_at = coalesce(started_at, now()), error = NULL,
     seed = coalesce(seed, floor(random() * 4503599627370496)::bigint)
 FROM picked WHERE jobs.id = picked.id
 RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
-    jobs.model, jobs.loras, channel, account, painted_prompt, painted_negative, photo_media_id, jobs.strength";
+    jobs.model, jobs.loras, channel, account, painted_prompt, painted_negative, photo_media_id, jobs.strength"
+    )
+});
 
 /// Whether live worker `w` paints job `j`'s model with all its LoRAs.
 const PAINTS: &str = "w.seen_at > now() - interval '30 seconds' AND w.models::jsonb ? j.model
@@ -113,12 +120,23 @@ const FINISHED_CHANNEL: &str = "huabi_finished";
 /// A job the follower is owed something for: a picture, or word that it failed (held ones included).
 const OWED: &str = "(status = 'done' OR (status = 'failed' AND notified_at IS NULL))";
 
-/// Marks a leased job delivered (`$3` = how) or, for a failed job, its failure told. Append the WHERE clause.
-const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = NULL,
-    status = CASE WHEN status = 'done' THEN 'delivered' ELSE status END,
-    delivered_at = CASE WHEN status = 'done' THEN now() END,
-    delivered_via = CASE WHEN status = 'done' THEN $3 END,
-    notified_at = CASE WHEN status = 'failed' THEN now() END";
+/// The SET list that marks a leased job delivered (the parameter `via` says how) or, for a failed job, its
+/// failure told.
+fn sent(via: &str) -> String {
+    format!(
+        "leased_by = NULL, leased_until = NULL, delivery_error = NULL,
+         status = CASE WHEN status = 'done' THEN 'delivered' ELSE status END,
+         delivered_at = CASE WHEN status = 'done' THEN now() END,
+         delivered_via = CASE WHEN status = 'done' THEN {via} END,
+         notified_at = CASE WHEN status = 'failed' THEN now() END"
+    )
+}
+
+/// The painting lease `$1` (job), `$2` (holder), `$3` (attempt) still holds the job.
+const PAINT_LEASE: &str = "id = $1 AND leased_by = $2 AND attempts = $3 AND status = 'running'";
+
+/// The delivery lease `$1` (job), `$2` (holder), `$3` (delivery attempt) still holds the job.
+const DELIVERY_LEASE: &str = "id = $1 AND leased_by = $2 AND delivery_attempts = $3";
 
 /// Leases finished jobs that are due, oldest first, of the accounts `$4` (`platform/name`) the deliverer sends
 /// through. (The console's own jobs — test chat, previews — are on no account: shown on its pages, never sent.)
@@ -141,6 +159,7 @@ RETURNING jobs.id AS job_id, channel, account, user_id, status, media_id, delive
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    presence: Arc<Presence>,
 }
 
 /// Binds a submission to [`SUBMIT`]'s parameters (`$1`-`$25`).
@@ -340,7 +359,10 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout())
             .connect(&settings.url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            presence: Arc::new(Presence::new()),
+        })
     }
 }
 
@@ -593,13 +615,15 @@ impl Store for PgStore {
         lease_secs: f64,
         max_attempts: i32,
     ) -> Result<Vec<LeasedJob>, StoreError> {
-        let mut jobs: Vec<LeasedJob> = sqlx::query_as(LEASE)
+        self.presence.start((*self.pool.connect_options()).clone());
+        let mut jobs: Vec<LeasedJob> = sqlx::query_as(LEASE.as_str())
             .bind(worker)
             .bind(max)
             .bind(lease_secs)
             .bind(max_attempts)
             .bind(can.models_json())
             .bind(can.loras_json())
+            .bind(self.presence.key_if_held())
             .fetch_all(&self.pool)
             .await?;
         jobs.sort_by_key(|j| j.id);
@@ -652,19 +676,20 @@ impl Store for PgStore {
 
     async fn complete_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         jpeg: &[u8],
         batch_size: i32,
     ) -> Result<bool, StoreError> {
+        let id = lease.job;
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE jobs SET status = 'done', finished_at = now(), leased_by = NULL, leased_until = NULL,
-                 batch_size = $3
-             WHERE id = $1 AND leased_by = $2 AND status = 'running'",
-        )
+                 batch_size = $4
+             WHERE {PAINT_LEASE}"
+        ))
         .bind(id)
-        .bind(worker)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(batch_size)
         .execute(&mut *tx)
         .await?
@@ -687,20 +712,21 @@ impl Store for PgStore {
 
     async fn fail_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         error: &str,
         max_attempts: i32,
     ) -> Result<JobFate, StoreError> {
-        let status: Option<(String,)> = sqlx::query_as(
-            "UPDATE jobs SET status = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'queued' END,
-                 finished_at = CASE WHEN attempts >= $4 THEN now() END,
-                 leased_by = NULL, leased_until = NULL, error = $3
-             WHERE id = $1 AND leased_by = $2 AND status = 'running'
-             RETURNING status",
-        )
+        let id = lease.job;
+        let status: Option<(String,)> = sqlx::query_as(&format!(
+            "UPDATE jobs SET status = CASE WHEN attempts >= $5 THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN attempts >= $5 THEN now() END,
+                 leased_by = NULL, leased_until = NULL, error = $4
+             WHERE {PAINT_LEASE}
+             RETURNING status"
+        ))
         .bind(id)
-        .bind(worker)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(error)
         .bind(max_attempts)
         .fetch_optional(&self.pool)
@@ -716,16 +742,16 @@ impl Store for PgStore {
 
     async fn save_translation(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         painted: &Painted<'_>,
     ) -> Result<bool, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE jobs SET painted_prompt = $3, painted_negative = $4, translate_ms = $5
-             WHERE id = $1 AND leased_by = $2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(worker)
+        Ok(sqlx::query(&format!(
+            "UPDATE jobs SET painted_prompt = $4, painted_negative = $5, translate_ms = $6
+             WHERE {PAINT_LEASE}"
+        ))
+        .bind(lease.job)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(painted.prompt)
         .bind(painted.negative)
         .bind(painted.translate_ms)
@@ -737,18 +763,19 @@ impl Store for PgStore {
 
     async fn refuse_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         refusal: &JobRefusal<'_>,
     ) -> Result<bool, StoreError> {
+        let id = lease.job;
         let mut tx = self.pool.begin().await?;
-        let ended = sqlx::query(
+        let ended = sqlx::query(&format!(
             "UPDATE jobs SET status = 'failed', finished_at = now(), leased_by = NULL, leased_until = NULL,
-                 fail_reason = $3, notice = $4, error = $5
-             WHERE id = $1 AND leased_by = $2 AND status = 'running'",
-        )
+                 fail_reason = $4, notice = $5, error = $6
+             WHERE {PAINT_LEASE}"
+        ))
         .bind(id)
-        .bind(worker)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(refusal.reason)
         .bind(refusal.notice)
         .bind(refusal.error)
@@ -855,36 +882,57 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET media_id = $3 WHERE id = $1 AND leased_by = $2")
-            .bind(id)
-            .bind(holder)
-            .bind(media_id)
-            .execute(&self.pool)
-            .await?;
+    async fn renew_delivery(&self, lease: Lease<'_>, lease_secs: f64) -> Result<bool, StoreError> {
+        Ok(sqlx::query(&format!(
+            "UPDATE jobs SET leased_until = now() + make_interval(secs => $4) WHERE {DELIVERY_LEASE}"
+        ))
+        .bind(lease.job)
+        .bind(lease.holder)
+        .bind(lease.attempt)
+        .bind(lease_secs)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn save_media_id(&self, lease: Lease<'_>, media_id: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE jobs SET media_id = $4 WHERE {DELIVERY_LEASE}"
+        ))
+        .bind(lease.job)
+        .bind(lease.holder)
+        .bind(lease.attempt)
+        .bind(media_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn finish_delivery(
         &self,
-        id: i64,
-        holder: &str,
+        lease: Lease<'_>,
         end: DeliveryEnd<'_>,
     ) -> Result<bool, StoreError> {
         let sql = match end {
-            DeliveryEnd::Sent => format!("{SENT} WHERE id = $1 AND leased_by = $2"),
-            DeliveryEnd::Retry { .. } => {
-                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = $3,
-                     deliver_after = now() + make_interval(secs => $4)
-                 WHERE id = $1 AND leased_by = $2"
-                    .to_string()
-            }
-            DeliveryEnd::Held { .. } => "UPDATE jobs SET leased_by = NULL, leased_until = NULL,
-                     delivery_error = $3, held = $4
-                 WHERE id = $1 AND leased_by = $2"
-                .to_string(),
+            DeliveryEnd::Sent => format!(
+                "UPDATE jobs SET {} WHERE {DELIVERY_LEASE}",
+                sent("$4")
+            ),
+            DeliveryEnd::Retry { .. } => format!(
+                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = $4,
+                     deliver_after = now() + make_interval(secs => $5)
+                 WHERE {DELIVERY_LEASE}"
+            ),
+            DeliveryEnd::Held { .. } => format!(
+                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = $4, held = $5
+                 WHERE {DELIVERY_LEASE}"
+            ),
         };
-        let query = sqlx::query(&sql).bind(id).bind(holder);
+        let query = sqlx::query(&sql)
+            .bind(lease.job)
+            .bind(lease.holder)
+            .bind(lease.attempt);
         let query = match end {
             DeliveryEnd::Sent => query.bind("send"),
             DeliveryEnd::Retry { after_secs, error } => query.bind(error).bind(after_secs),
@@ -965,13 +1013,16 @@ impl Store for PgStore {
         via: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let marked = sqlx::query(&format!("{SENT} WHERE id = $1 AND leased_by = $2"))
-            .bind(id)
-            .bind(holder)
-            .bind(via)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let marked = sqlx::query(&format!(
+            "UPDATE jobs SET {} WHERE id = $1 AND leased_by = $2",
+            sent("$3")
+        ))
+        .bind(id)
+        .bind(holder)
+        .bind(via)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if marked == 0 {
             return Ok(false);
         }
@@ -1126,7 +1177,10 @@ impl Store for PgStore {
     }
 
     async fn subscribe_jobs(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
-        self.listen(JOBS_CHANNEL, wake).await
+        self.presence.start((*self.pool.connect_options()).clone());
+        self.listen(JOBS_CHANNEL, wake.clone()).await?;
+        tokio::spawn(watch_orphans(self.pool.clone(), wake));
+        Ok(())
     }
 
     async fn announce_jobs(&self) -> Result<(), StoreError> {
@@ -1170,6 +1224,25 @@ impl PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// How often a worker node looks for running jobs whose node is gone.
+const ORPHAN_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Wakes this node's worker whenever a running job's node is gone (its presence lock vanished), so a free worker
+/// takes the job over within a tick of the death instead of at the lease's expiry.
+async fn watch_orphans(pool: PgPool, wake: Arc<Notify>) {
+    let sql = format!(
+        "WITH {LIVE_NODES} SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND {ORPHANED})"
+    );
+    loop {
+        tokio::time::sleep(ORPHAN_CHECK_EVERY).await;
+        match sqlx::query_as::<_, (bool,)>(&sql).fetch_one(&pool).await {
+            Ok((true,)) => wake.notify_one(),
+            Ok((false,)) => {}
+            Err(e) => tracing::debug!(error = %e, "orphan check failed"),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
     CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
     INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
-    LOCK_USAGE, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
+    LOCK_USAGE, Lease, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
     RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
     SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
     account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
@@ -37,12 +37,21 @@ fn now_plus(n: usize) -> String {
 const OWED: &str = "(status = 'done' OR (status = 'failed' AND notified_at IS NULL))";
 /// Not leased, or the lease expired.
 const FREE: &str = "(leased_until IS NULL OR leased_until < strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))";
-/// Marks a leased job delivered (`?3` = how) or, for a failed job, its failure told. Append the WHERE clause.
-const SENT: &str = "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = NULL,
-    status = CASE WHEN status = 'done' THEN 'delivered' ELSE status END,
-    delivered_at = CASE WHEN status = 'done' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END,
-    delivered_via = CASE WHEN status = 'done' THEN ?3 END,
-    notified_at = CASE WHEN status = 'failed' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END";
+/// The SET list that marks a leased job delivered (the parameter `via` says how) or, for a failed job, its
+/// failure told.
+fn sent(via: &str) -> String {
+    format!(
+        "leased_by = NULL, leased_until = NULL, delivery_error = NULL,
+         status = CASE WHEN status = 'done' THEN 'delivered' ELSE status END,
+         delivered_at = CASE WHEN status = 'done' THEN {NOW} END,
+         delivered_via = CASE WHEN status = 'done' THEN {via} END,
+         notified_at = CASE WHEN status = 'failed' THEN {NOW} END"
+    )
+}
+/// The painting lease `?1` (job), `?2` (holder), `?3` (attempt) still holds the job.
+const PAINT_LEASE: &str = "id = ?1 AND leased_by = ?2 AND attempts = ?3 AND status = 'running'";
+/// The delivery lease `?1` (job), `?2` (holder), `?3` (delivery attempt) still holds the job.
+const DELIVERY_LEASE: &str = "id = ?1 AND leased_by = ?2 AND delivery_attempts = ?3";
 /// `at` in the format every SQLite timestamp column uses.
 fn timestamp(at: time::OffsetDateTime) -> String {
     let utc = at.to_offset(time::UtcOffset::UTC);
@@ -524,19 +533,20 @@ impl Store for SqliteStore {
 
     async fn complete_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         jpeg: &[u8],
         batch_size: i32,
     ) -> Result<bool, StoreError> {
+        let id = lease.job;
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(&format!(
             "UPDATE jobs SET status = 'done', finished_at = {NOW}, leased_by = NULL, leased_until = NULL,
-                 batch_size = ?3
-             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'"
+                 batch_size = ?4
+             WHERE {PAINT_LEASE}"
         ))
         .bind(id)
-        .bind(worker)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(batch_size)
         .execute(&mut *tx)
         .await?
@@ -559,20 +569,21 @@ impl Store for SqliteStore {
 
     async fn fail_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         error: &str,
         max_attempts: i32,
     ) -> Result<JobFate, StoreError> {
+        let id = lease.job;
         let status: Option<(String,)> = sqlx::query_as(&format!(
-            "UPDATE jobs SET status = CASE WHEN attempts >= ?4 THEN 'failed' ELSE 'queued' END,
-                 finished_at = CASE WHEN attempts >= ?4 THEN {NOW} END,
-                 leased_by = NULL, leased_until = NULL, error = ?3
-             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'
+            "UPDATE jobs SET status = CASE WHEN attempts >= ?5 THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN attempts >= ?5 THEN {NOW} END,
+                 leased_by = NULL, leased_until = NULL, error = ?4
+             WHERE {PAINT_LEASE}
              RETURNING status"
         ))
         .bind(id)
-        .bind(worker)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(error)
         .bind(max_attempts)
         .fetch_optional(&self.writer)
@@ -588,16 +599,16 @@ impl Store for SqliteStore {
 
     async fn save_translation(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         painted: &Painted<'_>,
     ) -> Result<bool, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE jobs SET painted_prompt = ?3, painted_negative = ?4, translate_ms = ?5
-             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(worker)
+        Ok(sqlx::query(&format!(
+            "UPDATE jobs SET painted_prompt = ?4, painted_negative = ?5, translate_ms = ?6
+             WHERE {PAINT_LEASE}"
+        ))
+        .bind(lease.job)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(painted.prompt)
         .bind(painted.negative)
         .bind(painted.translate_ms)
@@ -609,18 +620,19 @@ impl Store for SqliteStore {
 
     async fn refuse_job(
         &self,
-        id: i64,
-        worker: &str,
+        lease: Lease<'_>,
         refusal: &JobRefusal<'_>,
     ) -> Result<bool, StoreError> {
+        let id = lease.job;
         let mut tx = self.writer.begin().await?;
         let ended = sqlx::query(&format!(
             "UPDATE jobs SET status = 'failed', finished_at = {NOW}, leased_by = NULL, leased_until = NULL,
-                 fail_reason = ?3, notice = ?4, error = ?5
-             WHERE id = ?1 AND leased_by = ?2 AND status = 'running'"
+                 fail_reason = ?4, notice = ?5, error = ?6
+             WHERE {PAINT_LEASE}"
         ))
         .bind(id)
-        .bind(worker)
+        .bind(lease.holder)
+        .bind(lease.attempt)
         .bind(refusal.reason)
         .bind(refusal.notice)
         .bind(refusal.error)
@@ -735,36 +747,56 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn save_media_id(&self, id: i64, holder: &str, media_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET media_id = ?3 WHERE id = ?1 AND leased_by = ?2")
-            .bind(id)
-            .bind(holder)
-            .bind(media_id)
-            .execute(&self.writer)
-            .await?;
+    async fn renew_delivery(&self, lease: Lease<'_>, lease_secs: f64) -> Result<bool, StoreError> {
+        Ok(sqlx::query(&format!(
+            "UPDATE jobs SET leased_until = {} WHERE {DELIVERY_LEASE}",
+            now_plus(4)
+        ))
+        .bind(lease.job)
+        .bind(lease.holder)
+        .bind(lease.attempt)
+        .bind(lease_secs)
+        .execute(&self.writer)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn save_media_id(&self, lease: Lease<'_>, media_id: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE jobs SET media_id = ?4 WHERE {DELIVERY_LEASE}"
+        ))
+        .bind(lease.job)
+        .bind(lease.holder)
+        .bind(lease.attempt)
+        .bind(media_id)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
     async fn finish_delivery(
         &self,
-        id: i64,
-        holder: &str,
+        lease: Lease<'_>,
         end: DeliveryEnd<'_>,
     ) -> Result<bool, StoreError> {
         let sql = match end {
-            DeliveryEnd::Sent => format!("{SENT} WHERE id = ?1 AND leased_by = ?2"),
+            DeliveryEnd::Sent => format!("UPDATE jobs SET {} WHERE {DELIVERY_LEASE}", sent("?4")),
             DeliveryEnd::Retry { .. } => format!(
-                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = ?3,
+                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = ?4,
                      deliver_after = {}
-                 WHERE id = ?1 AND leased_by = ?2",
-                now_plus(4)
+                 WHERE {DELIVERY_LEASE}",
+                now_plus(5)
             ),
-            DeliveryEnd::Held { .. } => "UPDATE jobs SET leased_by = NULL, leased_until = NULL,
-                     delivery_error = ?3, held = ?4
-                 WHERE id = ?1 AND leased_by = ?2"
-                .to_string(),
+            DeliveryEnd::Held { .. } => format!(
+                "UPDATE jobs SET leased_by = NULL, leased_until = NULL, delivery_error = ?4, held = ?5
+                 WHERE {DELIVERY_LEASE}"
+            ),
         };
-        let query = sqlx::query(&sql).bind(id).bind(holder);
+        let query = sqlx::query(&sql)
+            .bind(lease.job)
+            .bind(lease.holder)
+            .bind(lease.attempt);
         let query = match end {
             DeliveryEnd::Sent => query.bind("send"),
             DeliveryEnd::Retry { after_secs, error } => query.bind(error).bind(after_secs),
@@ -844,13 +876,16 @@ impl Store for SqliteStore {
         via: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let marked = sqlx::query(&format!("{SENT} WHERE id = ?1 AND leased_by = ?2"))
-            .bind(id)
-            .bind(holder)
-            .bind(via)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let marked = sqlx::query(&format!(
+            "UPDATE jobs SET {} WHERE id = ?1 AND leased_by = ?2",
+            sent("?3")
+        ))
+        .bind(id)
+        .bind(holder)
+        .bind(via)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if marked == 0 {
             return Ok(false);
         }

@@ -229,7 +229,7 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
         .expect("lease");
     assert_eq!(leased[0].id, preview);
     assert!(
-        s.complete_job(preview, "w", b"jpeg", 1)
+        s.complete_job(leased[0].lease("w"), b"jpeg", 1)
             .await
             .expect("complete")
     );
@@ -281,13 +281,12 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
     );
 
     // A held picture can be sent again.
-    let job = s
+    let leased = s
         .lease_jobs("w", &paints_default(), 1, 30.0, 3)
         .await
-        .expect("lease")[0]
-        .id;
+        .expect("lease");
     assert!(
-        s.complete_job(job, "w", b"jpeg", 1)
+        s.complete_job(leased[0].lease("w"), b"jpeg", 1)
             .await
             .expect("complete")
     );
@@ -297,8 +296,7 @@ async fn jobs_previews_holds_and_hourly_usage(backend: Backend) {
         .expect("lease")[0]
         .clone();
     s.finish_delivery(
-        task.job_id,
-        "d",
+        task.lease("d"),
         store::DeliveryEnd::Held {
             hold: store::Hold::WindowClosed,
             error: "45015",

@@ -7,9 +7,18 @@ use std::time::Duration;
 
 use huabi::model::NewJob;
 use huabi::model::{Inbound, InboundKind, Reply};
-use huabi::store::{self, DeliveryEnd, Hold, Store, Submission, Waiting};
+use huabi::store::{self, DeliveryEnd, Hold, Lease, Store, Submission, Waiting};
 
 use crate::helpers::{Backend, TestDb, settings};
+
+/// The first delivery lease of job `job`, as `holder` took it.
+fn first_lease(job: i64, holder: &str) -> Lease<'_> {
+    Lease {
+        job,
+        holder,
+        attempt: 1,
+    }
+}
 
 async fn store_for(db: &TestDb) -> Arc<dyn Store> {
     let store = store::connect(&settings(&db.url, &[]).database)
@@ -67,12 +76,14 @@ async fn finished_job(s: &dyn Store, user: &str, n: u32, ok: bool, deliver_after
     assert_eq!(leased[0].id, id);
     if ok {
         assert!(
-            s.complete_job(id, "painter", b"\xFF\xD8\xFFjpeg", 3)
+            s.complete_job(leased[0].lease("painter"), b"\xFF\xD8\xFFjpeg", 3)
                 .await
                 .expect("complete")
         );
     } else {
-        s.fail_job(id, "painter", "broken", 0).await.expect("fail");
+        s.fail_job(leased[0].lease("painter"), "broken", 0)
+            .await
+            .expect("fail");
     }
     id
 }
@@ -103,20 +114,39 @@ async fn finished_jobs_are_leased_once_and_marked_delivered(backend: Backend) {
             .is_empty(),
         "leased jobs are not leased twice"
     );
-    s.save_media_id(done, "d1", "media-1").await.expect("media");
     assert!(
-        !s.finish_delivery(done, "d2", DeliveryEnd::Sent)
+        s.renew_delivery(first_lease(done, "d1"), 30.0)
+            .await
+            .expect("renew")
+    );
+    let later = Lease {
+        attempt: 2,
+        ..first_lease(done, "d1")
+    };
+    assert!(
+        !s.renew_delivery(later, 30.0).await.expect("renew")
+            && !s
+                .renew_delivery(first_lease(done, "d2"), 30.0)
+                .await
+                .expect("renew"),
+        "only the lease held is renewed"
+    );
+    s.save_media_id(first_lease(done, "d1"), "media-1")
+        .await
+        .expect("media");
+    assert!(
+        !s.finish_delivery(first_lease(done, "d2"), DeliveryEnd::Sent)
             .await
             .expect("finish"),
         "only the holder finishes"
     );
     assert!(
-        s.finish_delivery(done, "d1", DeliveryEnd::Sent)
+        s.finish_delivery(first_lease(done, "d1"), DeliveryEnd::Sent)
             .await
             .expect("finish")
     );
     assert!(
-        s.finish_delivery(failed, "d1", DeliveryEnd::Sent)
+        s.finish_delivery(first_lease(failed, "d1"), DeliveryEnd::Sent)
             .await
             .expect("finish")
     );
@@ -147,17 +177,27 @@ async fn retries_wait_for_their_backoff_and_holds_wait_for_a_fetch(backend: Back
         .await
         .expect("lease");
     assert_eq!(leased.len(), 2);
-    s.save_media_id(id, "d1", "media-1").await.expect("media");
+    s.save_media_id(first_lease(id, "d1"), "media-1")
+        .await
+        .expect("media");
     let retry = DeliveryEnd::Retry {
         after_secs: 0.6,
         error: "-1 busy",
     };
-    assert!(s.finish_delivery(id, "d1", retry).await.expect("finish"));
+    assert!(
+        s.finish_delivery(first_lease(id, "d1"), retry)
+            .await
+            .expect("finish")
+    );
     let hold = DeliveryEnd::Held {
         hold: Hold::WindowClosed,
         error: "45015",
     };
-    assert!(s.finish_delivery(held, "d1", hold).await.expect("finish"));
+    assert!(
+        s.finish_delivery(first_lease(held, "d1"), hold)
+            .await
+            .expect("finish")
+    );
     assert!(
         s.lease_deliveries("d1", 10, 30.0, &accounts())
             .await

@@ -1,6 +1,8 @@
 //! Failover on PostgreSQL with two `huabi serve` processes: kill -9 the one painting a job; the other takes the job
-//! over once the lease expires and finishes it; the picture is stored once. Kill a web node while messages arrive:
-//! WeChat's retries reach the other web node; every follower gets exactly one picture.
+//! over within about a second (the dead node's presence lock is gone) and finishes it; the picture is stored once.
+//! Pause the painting node (SIGSTOP) past its lease: the other takes over and delivers; the paused one, resumed,
+//! finds its result refused (fencing). Kill a web node while messages arrive: WeChat's retries reach the other web
+//! node; every follower gets exactly one picture.
 
 use std::time::{Duration, Instant};
 
@@ -8,14 +10,16 @@ use sqlx::Connection;
 
 use crate::helpers::*;
 
-/// A node whose jobs take long enough (256², 40 steps, one thread) to be killed mid-batch; lease 2 s; delivering to
-/// the WeChat API stand-in at `api_base` and to the Telegram stand-in at `telegram_base` (bot `huabot`).
+/// A node whose jobs take long enough (256², 40 steps, one thread) to be killed mid-batch, with painting leases of
+/// `lease` seconds; delivering to the WeChat API stand-in at `api_base` and to the Telegram stand-in at
+/// `telegram_base` (bot `huabot`).
 fn start(
     db_url: &str,
     port: u16,
     roles: &str,
     api_base: &str,
     telegram_base: &str,
+    lease: &str,
 ) -> tokio::process::Child {
     start_serve(
         db_url,
@@ -38,7 +42,7 @@ fn start(
             ("HUABI__JOBS__WIDTH", "256"),
             ("HUABI__JOBS__HEIGHT", "256"),
             ("HUABI__JOBS__STEPS", "40"),
-            ("HUABI__JOBS__LEASE_SECS", "2"),
+            ("HUABI__JOBS__LEASE_SECS", lease),
         ],
     )
 }
@@ -65,9 +69,17 @@ async fn kill_the_painter(follower: Follower) {
     let (stand_in, base) = crate::delivery::start_standin(Default::default()).await;
     let (bot, bot_base) = crate::telegram::start_telegram(Default::default()).await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start(&db.url, port_a, "web,worker,deliver", &base, &bot_base);
+    // Leases of 30 s: only the dead node's vanished presence lock can explain a takeover within seconds.
+    let mut a = start(
+        &db.url,
+        port_a,
+        "web,worker,deliver",
+        &base,
+        &bot_base,
+        "30",
+    );
     wait_ready(port_a, &mut a).await;
-    let mut b = start(&db.url, port_b, "worker,deliver", &base, &bot_base);
+    let mut b = start(&db.url, port_b, "worker,deliver", &base, &bot_base, "30");
     wait_ready(port_b, &mut b).await;
 
     let client = reqwest::Client::new();
@@ -125,10 +137,15 @@ async fn kill_the_painter(follower: Follower) {
             killed_at.elapsed() < Duration::from_secs(10),
             "no takeover within 10 s"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let takeover = killed_at.elapsed();
-    eprintln!("takeover {takeover:?} after kill -9 (lease 2 s); new holder {new_holder}");
+    eprintln!("takeover {takeover:?} after kill -9 (lease 30 s); new holder {new_holder}");
+    // The goal is 1 s (measured well under it); the bound leaves room for a loaded 2-core CI machine.
+    assert!(
+        takeover < Duration::from_secs(2),
+        "job re-leased {takeover:?} after the kill"
+    );
     assert_eq!(attempts, 2);
     loop {
         let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
@@ -177,6 +194,105 @@ async fn kill_the_painter(follower: Follower) {
     );
 }
 
+/// Fencing: a painting node paused (SIGSTOP) past its 2 s lease keeps its connections, so its job moves only when the
+/// lease expires; the other node paints and delivers it; the paused node, resumed, finishes painting and its late
+/// result is refused and counted. One picture stored, one sent.
+#[tokio::test]
+async fn a_paused_worker_cannot_overwrite_the_takeover() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (stand_in, base) = crate::delivery::start_standin(Default::default()).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = start(
+        &db.url,
+        port_a,
+        "web,worker,deliver",
+        &base,
+        "http://127.0.0.1:9",
+        "2",
+    );
+    wait_ready(port_a, &mut a).await;
+    let mut b = start(
+        &db.url,
+        port_b,
+        "worker,deliver",
+        &base,
+        "http://127.0.0.1:9",
+        "2",
+    );
+    wait_ready(port_b, &mut b).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
+        .query(&plain_query(now(), "n"))
+        .body(text_xml("o_paused", 515151, "月亮"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let started = Instant::now();
+    let (job_id, holder) = loop {
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, leased_by FROM jobs WHERE status = 'running'")
+                .fetch_optional(&mut conn)
+                .await
+                .expect("query");
+        if let Some((id, Some(holder))) = row {
+            break (id, holder);
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (victim, victim_port) = if holder.contains(&format!("-{}-", a.id().expect("pid"))) {
+        (a.id().expect("pid"), port_a)
+    } else {
+        (b.id().expect("pid"), port_b)
+    };
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &victim.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let paused = Instant::now();
+    loop {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+        if status == "delivered" {
+            break;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(90),
+            "the other node never delivered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal("-CONT");
+    let late = crate::helpers::wait_for_metric(
+        victim_port,
+        "huabi_late_results_total{role=\"worker\"} 1",
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(late, "the resumed worker's late result was not counted");
+    let (images, attempts): (i64, i32) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM job_images WHERE job_id = $1), (SELECT attempts FROM jobs WHERE id = $1)",
+    )
+    .bind(job_id)
+    .fetch_one(&mut conn)
+    .await
+    .expect("query");
+    assert_eq!((images, attempts), (1, 2));
+    let sends = stand_in.record().sends;
+    assert_eq!(sends.len(), 1, "exactly one picture: {sends:?}");
+    assert!(a.try_wait().expect("a").is_none() && b.try_wait().expect("b").is_none());
+}
+
 #[tokio::test]
 async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -187,6 +303,7 @@ async fn a_job_admitted_on_a_web_node_wakes_a_worker_on_another_node() {
         "web",
         "http://127.0.0.1:9",
         "http://127.0.0.1:9",
+        "2",
     );
     wait_ready(port_a, &mut a).await;
     // The worker's poll tick is 60 s: only the notification can wake it in time.

@@ -266,6 +266,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Polls the node on `port`'s `/metrics` until a line starts with `line`; false when `within` passes first.
+pub async fn wait_for_metric(port: u16, line: &str, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    let client = reqwest::Client::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(resp) = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            && let Ok(text) = resp.text().await
+            && text.lines().any(|l| l.starts_with(line))
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Waits until the node on `port` answers `/readyz`; panics if `node` exits first or it never does.
 pub async fn wait_ready(port: u16, node: &mut tokio::process::Child) {
     let client = reqwest::Client::new();

@@ -126,7 +126,7 @@ async fn per_minute_in_flight_and_backpressure(backend: Backend) {
     assert!(
         in_flight
             .store
-            .complete_job(leased[0].id, "w", b"\xFF\xD8", 1)
+            .complete_job(leased[0].lease("w"), b"\xFF\xD8", 1)
             .await
             .expect("done")
     );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use huabi::model::NewJob;
 use huabi::model::{Inbound, InboundKind, Reply};
-use huabi::store::{self, JobFate, Store, Submission};
+use huabi::store::{self, JobFate, JobRefusal, Painted, Store, Submission};
 
 use crate::helpers::{Backend, TestDb, settings};
 
@@ -156,17 +156,19 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
     assert_eq!((b.len(), b[0].id, b[0].attempts), (1, id, 2));
     assert_eq!(b[0].seed, a[0].seed, "the seed is kept on retries");
     assert!(
-        !s.complete_job(id, "worker-a", b"late", 1)
+        !s.complete_job(a[0].lease("worker-a"), b"late", 1)
             .await
             .expect("complete"),
         "the old holder lost the lease"
     );
     assert_eq!(
-        s.fail_job(id, "worker-a", "late", 3).await.expect("fail"),
+        s.fail_job(a[0].lease("worker-a"), "late", 3)
+            .await
+            .expect("fail"),
         JobFate::LeaseLost
     );
     assert!(
-        s.complete_job(id, "worker-b", b"\xFF\xD8jpeg", 1)
+        s.complete_job(b[0].lease("worker-b"), b"\xFF\xD8jpeg", 1)
             .await
             .expect("complete")
     );
@@ -179,7 +181,7 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
         Some(&b"\xFF\xD8jpeg"[..])
     );
     assert!(
-        !s.complete_job(id, "worker-b", b"again", 1)
+        !s.complete_job(b[0].lease("worker-b"), b"again", 1)
             .await
             .expect("complete"),
         "done only once"
@@ -235,18 +237,25 @@ async fn attempts_are_bounded(backend: Backend) {
     );
 
     let erring = add_job(&*s, 2, 512).await;
-    s.lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 2)
+    let first = s
+        .lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 2)
         .await
         .expect("lease");
+    assert_eq!(first[0].id, erring);
     assert_eq!(
-        s.fail_job(erring, "w", "boom", 2).await.expect("fail"),
+        s.fail_job(first[0].lease("w"), "boom", 2)
+            .await
+            .expect("fail"),
         JobFate::Requeued
     );
-    s.lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 2)
+    let second = s
+        .lease_jobs("w", &crate::helpers::paints_default(), 1, 30.0, 2)
         .await
         .expect("lease");
     assert_eq!(
-        s.fail_job(erring, "w", "boom", 2).await.expect("fail"),
+        s.fail_job(second[0].lease("w"), "boom", 2)
+            .await
+            .expect("fail"),
         JobFate::Failed
     );
     assert_eq!(
@@ -270,7 +279,74 @@ async fn released_leases_do_not_count_as_attempts(backend: Backend) {
     assert_eq!(again[0].attempts, 1);
 }
 
+/// A result is stored only under the lease it was painted under: a holder whose lease expired and who leased the
+/// same job again cannot store the first lease's result, nor can it after another worker took the job over and
+/// finished it.
+async fn results_are_fenced_by_holder_and_attempt(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store_for(&db).await;
+    let id = add_job(&*s, 1, 512).await;
+    let can = crate::helpers::paints_default();
+    let first = s.lease_jobs("w", &can, 1, 0.2, 5).await.expect("lease");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let second = s.lease_jobs("w", &can, 1, 0.2, 5).await.expect("lease");
+    assert_eq!((second[0].id, second[0].attempts), (id, 2));
+    let painted = Painted {
+        prompt: Some("late"),
+        negative: None,
+        translate_ms: 1.0,
+    };
+    assert!(
+        !s.save_translation(first[0].lease("w"), &painted)
+            .await
+            .expect("translation"),
+        "the first lease's translation is refused"
+    );
+    let refusal = JobRefusal {
+        reason: "unsafe",
+        notice: "no",
+        error: "late",
+        jpeg: None,
+    };
+    assert!(
+        !s.refuse_job(first[0].lease("w"), &refusal)
+            .await
+            .expect("refuse")
+    );
+    assert!(
+        !s.complete_job(first[0].lease("w"), b"first", 1)
+            .await
+            .expect("complete"),
+        "the first lease's picture is refused"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let other = s.lease_jobs("w2", &can, 1, 30.0, 5).await.expect("lease");
+    assert_eq!(other[0].attempts, 3);
+    assert!(
+        s.complete_job(other[0].lease("w2"), b"\xFF\xD8third", 1)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        !s.complete_job(second[0].lease("w"), b"second", 1)
+            .await
+            .expect("complete"),
+        "a late result after the takeover finished is refused"
+    );
+    assert_eq!(
+        s.fail_job(second[0].lease("w"), "late", 5)
+            .await
+            .expect("fail"),
+        JobFate::LeaseLost
+    );
+    assert_eq!(
+        s.job_image(id).await.expect("image").as_deref(),
+        Some(&b"\xFF\xD8third"[..])
+    );
+}
+
 on_both_databases!(
+    results_are_fenced_by_holder_and_attempt,
     lease_groups_by_parameters_oldest_first,
     concurrent_workers_never_share_a_job,
     expired_leases_are_taken_over_and_only_the_holder_completes,
