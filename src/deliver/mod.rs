@@ -197,11 +197,10 @@ impl Deliverer {
                 )
             }
         }
-        if !self
-            .store
-            .finish_delivery(task.lease(&self.id), end)
-            .await?
-        {
+        // Recorded within the lease: a delivery sent but not recorded would be sent again by the next lease.
+        let patience = Duration::from_secs_f64(self.settings.lease_secs);
+        let lease = task.lease(&self.id);
+        if !crate::store::persist(patience, || self.store.finish_delivery(lease, end)).await? {
             late_delivery(&task);
         }
         Ok(())

@@ -221,6 +221,11 @@ impl Worker {
         }
     }
 
+    /// How long a lease lasts.
+    fn lease_time(&self) -> Duration {
+        Duration::from_secs_f64(self.jobs.lease_secs)
+    }
+
     /// The name on this worker's leases.
     pub fn id(&self) -> &str {
         &self.id
@@ -477,10 +482,12 @@ impl Worker {
                                 ended
                             }
                             _ => {
-                                let completed = self
-                                    .store
-                                    .complete_job(job.lease(&self.id), &file.jpeg, batch_size)
-                                    .await?;
+                                // A painted picture outlives a database restart while the lease lasts.
+                                let lease = job.lease(&self.id);
+                                let completed = crate::store::persist(self.lease_time(), || {
+                                    self.store.complete_job(lease, &file.jpeg, batch_size)
+                                })
+                                .await?;
                                 if completed {
                                     done += 1;
                                 }

@@ -39,6 +39,50 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// Whether the database was out of reach (restarting, failing over, cut off) rather than refusing the
+    /// operation: trying again later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                // Class 57 (operator intervention: shutdown, crash), 08 (connection exception), 53 (resources).
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("57") || c.starts_with("08") || c.starts_with("53")
+                }),
+                _ => false,
+            },
+            StoreError::Io(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs `op` again while the database is out of reach, for up to `patience`, so an outcome already achieved (a
+/// picture painted, a picture sent) is recorded once the database is back instead of being done a second time.
+pub async fn persist<T, F, Fut>(patience: std::time::Duration, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match op().await {
+            Err(e) if e.is_unavailable() && std::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "the database is out of reach; recording the outcome again shortly");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// One inbound message to admit: recorded once under its dedup key, with its reply and optional job,
 /// in a single transaction.
 #[derive(Debug, Clone)]

@@ -59,8 +59,9 @@ impl Presence {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = this.hold(&options).await {
-                    this.held.store(false, Ordering::Release);
+                if let Err(e) = this.hold(&options).await
+                    && this.held.swap(false, Ordering::AcqRel)
+                {
                     tracing::warn!(error = %e, "presence lock lost; leases taken meanwhile wait for their expiry");
                 }
                 tokio::time::sleep(CHECK_EVERY).await;

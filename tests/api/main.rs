@@ -27,6 +27,8 @@ mod interop;
 mod limits;
 mod lora;
 mod models;
+mod outage;
+mod private_pg;
 mod queue_contract;
 mod safety;
 mod store_contract;
