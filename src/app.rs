@@ -354,6 +354,13 @@ impl App {
             tracing::info!(worker = w.id(), "worker started");
             tokio::spawn(w.run(self.state.wake_workers.clone(), stop.clone(), poll))
         });
+        if self.deliverer.is_some() {
+            let janitor = crate::retention::Janitor::new(
+                self.state.store.clone(),
+                self.state.settings.retention.clone(),
+            );
+            tokio::spawn(janitor.run(stop.clone()));
+        }
         let deliverer = self.deliverer.map(|d| {
             tracing::info!(deliverer = d.id(), "deliverer started");
             let poll = Duration::from_secs_f64(self.state.settings.delivery.poll_secs);

@@ -63,6 +63,8 @@ pub struct Settings {
     pub replies: ReplySettings,
     /// The web console.
     pub admin: AdminSettings,
+    /// How long pictures, messages and jobs are kept.
+    pub retention: RetentionSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -700,6 +702,21 @@ pub struct ReplySettings {
     pub status_painted_as: String,
 }
 
+/// `[retention]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Days picture bytes are kept after delivery (or after the job failed).
+    pub picture_days: u32,
+    /// Days a held picture waits for `取图` before it expires.
+    pub held_days: u32,
+    /// Days inbound messages and finished jobs are kept (daily usage is rolled up first and kept for good).
+    pub history_days: u32,
+    /// Seconds between pruning passes (nodes with the deliver role run them).
+    pub every_secs: f64,
+    /// The most rows of each kind one statement removes.
+    pub batch: i64,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
@@ -788,6 +805,18 @@ impl Settings {
                 key: "jobs.lease_secs".into(),
                 reason: "lease_secs and poll_secs must be positive and max_attempts at least 1"
                     .into(),
+            });
+        }
+        let r = &self.retention;
+        if r.picture_days == 0
+            || r.held_days == 0
+            || r.history_days == 0
+            || r.batch < 1
+            || !(r.every_secs.is_finite() && r.every_secs > 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "retention".into(),
+                reason: "days, every_secs and batch must be positive".into(),
             });
         }
         let d = &self.delivery;

@@ -37,6 +37,8 @@ pub mod model;
 pub mod models_report;
 /// The worker: leases batches of jobs and paints them.
 pub mod queue;
+/// Retention: pruning picture bytes, old messages and finished jobs.
+pub mod retention;
 /// A local stand-in for WeChat's API, for tests and trying huabi without an account.
 pub mod standin;
 /// Durable state on PostgreSQL or SQLite.

@@ -83,6 +83,70 @@ where
     }
 }
 
+/// What retention keeps, as of `now`: picture bytes for `picture_days` after delivery (or failure), held pictures
+/// for `held_days` after they were painted (then they expire and can no longer be fetched), and messages and
+/// finished jobs for `history_days` whole Shanghai days (their daily usage is rolled up first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The time the policy is applied at.
+    pub now: OffsetDateTime,
+    /// Days picture bytes are kept after delivery.
+    pub picture_days: u32,
+    /// Days a held picture waits for `取图`.
+    pub held_days: u32,
+    /// Days messages and finished jobs are kept.
+    pub history_days: u32,
+    /// The most rows of each kind one pruning step removes.
+    pub batch: i64,
+}
+
+impl Retention {
+    /// Pictures delivered (or jobs failed) before this lose their bytes.
+    pub fn picture_cutoff(&self) -> OffsetDateTime {
+        self.now - time::Duration::days(i64::from(self.picture_days))
+    }
+
+    /// Held pictures painted before this expire.
+    pub fn held_cutoff(&self) -> OffsetDateTime {
+        self.now - time::Duration::days(i64::from(self.held_days))
+    }
+
+    /// The first Shanghai day whose messages and jobs are kept; earlier days are rolled up and pruned.
+    pub fn history_day(&self) -> time::Date {
+        limits::shanghai_day(self.now) - time::Duration::days(i64::from(self.history_days))
+    }
+
+    /// When [`Retention::history_day`] began, as an instant.
+    pub fn history_cutoff(&self) -> OffsetDateTime {
+        self.history_day()
+            .midnight()
+            .assume_offset(time::macros::offset!(+8))
+    }
+}
+
+/// What one pruning step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Pictures whose bytes were deleted.
+    pub pictures: u64,
+    /// Held pictures that expired unfetched.
+    pub expired: u64,
+    /// Rows of daily usage copied into `usage_rollup`.
+    pub usage_rows: u64,
+    /// Finished jobs deleted.
+    pub jobs: u64,
+    /// Inbound messages deleted.
+    pub messages: u64,
+}
+
+impl Pruned {
+    /// Whether some kind hit the batch size (another step has more to do).
+    pub fn more(&self, batch: i64) -> bool {
+        let full = |n: u64| n >= batch.max(1) as u64;
+        full(self.pictures) || full(self.expired) || full(self.jobs) || full(self.messages)
+    }
+}
+
 /// One inbound message to admit: recorded once under its dedup key, with its reply and optional job,
 /// in a single transaction.
 #[derive(Debug, Clone)]
@@ -877,6 +941,9 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
         account: &str,
         passive_only: bool,
     ) -> Result<(), StoreError>;
+    /// One step of retention: deletes at most `retention.batch` picture bytes, expired held pictures, finished jobs
+    /// and messages each, rolling up the daily usage of days about to be pruned first.
+    async fn prune(&self, retention: &Retention) -> Result<Pruned, StoreError>;
     /// Sends the ids of jobs that finished (done or failed) to `finished` whenever any node announces them
     /// (PostgreSQL LISTEN; a no-op on SQLite, where only this process paints).
     async fn subscribe_finished(

@@ -15,8 +15,8 @@ use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
     CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
     INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
-    LOCK_USAGE, Lease, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, QueueStatus,
-    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, SAVE_TOKEN,
+    LOCK_USAGE, Lease, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, Pruned, QueueStatus,
+    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, Retention, SAVE_TOKEN,
     SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
     account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
     refused_submission, source_msg_id, waiting,
@@ -1007,6 +1007,87 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn prune(&self, r: &Retention) -> Result<Pruned, StoreError> {
+        let pictures = sqlx::query(
+            "DELETE FROM job_images WHERE job_id IN (
+                 SELECT i.job_id FROM job_images i JOIN jobs j ON j.id = i.job_id
+                 WHERE (j.status = 'delivered' AND j.delivered_at < ?1)
+                    OR (j.status = 'failed' AND j.finished_at < ?1)
+                 LIMIT ?2)",
+        )
+        .bind(timestamp(r.picture_cutoff()))
+        .bind(r.batch)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        let mut tx = self.writer.begin().await?;
+        let expired: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET status = 'failed', fail_reason = 'expired', notified_at = ?2,
+                 error = coalesce(error, 'the held picture was not fetched within retention.held_days')
+             WHERE id IN (SELECT id FROM jobs
+                          WHERE status = 'done' AND held IS NOT NULL AND finished_at < ?1 AND {FREE}
+                          ORDER BY id LIMIT ?3)
+             RETURNING id"
+        ))
+        .bind(timestamp(r.held_cutoff()))
+        .bind(timestamp(r.now))
+        .bind(r.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &expired {
+            sqlx::query("DELETE FROM job_images WHERE job_id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let usage_rows = sqlx::query(
+            "INSERT INTO usage_rollup
+             SELECT * FROM usage_live WHERE day < ?1 AND day NOT IN (SELECT day FROM usage_rollup)",
+        )
+        .bind(r.history_day().to_string())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        let cutoff = timestamp(r.history_cutoff());
+        let mut tx = self.writer.begin().await?;
+        let doomed =
+            "SELECT id FROM jobs WHERE created_at < ?1 AND status IN ('delivered', 'failed')
+                      ORDER BY id LIMIT ?2";
+        sqlx::query(&format!(
+            "DELETE FROM job_images WHERE job_id IN ({doomed})"
+        ))
+        .bind(&cutoff)
+        .bind(r.batch)
+        .execute(&mut *tx)
+        .await?;
+        let jobs = sqlx::query(&format!("DELETE FROM jobs WHERE id IN ({doomed})"))
+            .bind(&cutoff)
+            .bind(r.batch)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        let messages = sqlx::query(
+            "DELETE FROM inbound_messages WHERE id IN (
+                 SELECT m.id FROM inbound_messages m
+                 WHERE m.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.inbound_id = m.id)
+                 ORDER BY m.id LIMIT ?2)",
+        )
+        .bind(&cutoff)
+        .bind(r.batch)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(Pruned {
+            pictures,
+            expired: expired.len() as u64,
+            usage_rows,
+            jobs,
+            messages,
+        })
     }
 
     async fn subscribe_finished(

@@ -12,7 +12,7 @@ use huabi::store::{self, DeliveryEnd, Hold, Lease, Store, Submission, Waiting};
 use crate::helpers::{Backend, TestDb, settings};
 
 /// The first delivery lease of job `job`, as `holder` took it.
-fn first_lease(job: i64, holder: &str) -> Lease<'_> {
+pub fn first_lease(job: i64, holder: &str) -> Lease<'_> {
     Lease {
         job,
         holder,
@@ -20,7 +20,7 @@ fn first_lease(job: i64, holder: &str) -> Lease<'_> {
     }
 }
 
-async fn store_for(db: &TestDb) -> Arc<dyn Store> {
+pub async fn store_for(db: &TestDb) -> Arc<dyn Store> {
     let store = store::connect(&settings(&db.url, &[]).database)
         .await
         .expect("connect");
@@ -29,11 +29,11 @@ async fn store_for(db: &TestDb) -> Arc<dyn Store> {
 }
 
 /// The accounts the deliverers in these tests send through.
-fn accounts() -> Vec<String> {
+pub fn accounts() -> Vec<String> {
     vec!["wechat/gh_d".to_string()]
 }
 
-fn inbound(user: &str, n: u32) -> Inbound {
+pub fn inbound(user: &str, n: u32) -> Inbound {
     Inbound {
         channel: "wechat",
         account: "gh_d".into(),
@@ -48,7 +48,7 @@ fn inbound(user: &str, n: u32) -> Inbound {
 }
 
 /// Admits a job for `user` and paints it (`ok`) or fails it for good; returns its id.
-async fn finished_job(s: &dyn Store, user: &str, n: u32, ok: bool, deliver_after: f64) -> i64 {
+pub async fn finished_job(s: &dyn Store, user: &str, n: u32, ok: bool, deliver_after: f64) -> i64 {
     let m = inbound(user, n);
     let job = NewJob {
         deliver_after_secs: deliver_after,

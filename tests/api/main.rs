@@ -30,6 +30,7 @@ mod models;
 mod outage;
 mod private_pg;
 mod queue_contract;
+mod retention;
 mod safety;
 mod store_contract;
 mod telegram;
