@@ -50,6 +50,7 @@ pub struct App {
     worker: Option<Worker>,
     deliverer: Option<Deliverer>,
     finished: broadcast::Sender<i64>,
+    passive: Vec<Arc<PassiveReplies>>,
 }
 
 /// A name for this process's leases and claims in `role`, unique across nodes and restarts.
@@ -68,20 +69,31 @@ fn accounts(
     store: &Arc<dyn Store>,
     web: bool,
     finished: &broadcast::Sender<i64>,
-) -> anyhow::Result<(Channels, Vec<Arc<dyn Webhook>>)> {
-    let mut channels = Channels::new();
-    let mut endpoints: Vec<Arc<dyn Webhook>> = Vec::new();
-    wechat_accounts(
+) -> anyhow::Result<Accounts> {
+    let mut accounts = Accounts {
+        channels: Channels::new(),
+        endpoints: Vec::new(),
+        passive: Vec::new(),
+    };
+    wechat_accounts(settings, store, web, finished, &mut accounts)?;
+    wecom_accounts(
         settings,
         store,
-        web,
-        finished,
-        &mut channels,
-        &mut endpoints,
+        &mut accounts.channels,
+        &mut accounts.endpoints,
     )?;
-    wecom_accounts(settings, store, &mut channels, &mut endpoints)?;
-    telegram_accounts(settings, &mut channels, &mut endpoints);
-    Ok((channels, endpoints))
+    telegram_accounts(settings, &mut accounts.channels, &mut accounts.endpoints);
+    Ok(accounts)
+}
+
+/// What [`accounts`] builds.
+struct Accounts {
+    /// Senders by account.
+    channels: Channels,
+    /// Webhooks.
+    endpoints: Vec<Arc<dyn Webhook>>,
+    /// Passive replies of WeChat accounts (whose uploaded material this node sweeps).
+    passive: Vec<Arc<PassiveReplies>>,
 }
 
 /// WeChat Official Accounts: webhook, and with AppID + AppSecret the API (shared token, passive replies).
@@ -90,8 +102,7 @@ fn wechat_accounts(
     store: &Arc<dyn Store>,
     web: bool,
     finished: &broadcast::Sender<i64>,
-    channels: &mut Channels,
-    endpoints: &mut Vec<Arc<dyn Webhook>>,
+    accounts: &mut Accounts,
 ) -> anyhow::Result<()> {
     for account in &settings.channels.wechat {
         let name = account.name.as_str();
@@ -117,7 +128,7 @@ fn wechat_accounts(
                 node_id("token"),
             ));
             let outbound = Arc::new(WechatOutbound::new(tokens.clone()));
-            channels.insert(
+            accounts.channels.insert(
                 crate::channel::wechat::CHANNEL,
                 name,
                 AccountChannel {
@@ -136,7 +147,10 @@ fn wechat_accounts(
                 ))
             });
         }
-        endpoints.push(Arc::new(WechatEndpoint { channel, passive }));
+        accounts.passive.extend(passive.clone());
+        accounts
+            .endpoints
+            .push(Arc::new(WechatEndpoint { channel, passive }));
     }
     Ok(())
 }
@@ -230,8 +244,11 @@ impl App {
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let (finished, _) = broadcast::channel(1024);
-        let (channels, endpoints) =
-            accounts(&settings, &store, roles.contains(&Role::Web), &finished)?;
+        let Accounts {
+            channels,
+            endpoints,
+            passive,
+        } = accounts(&settings, &store, roles.contains(&Role::Web), &finished)?;
         let channels = Arc::new(channels);
         let worker = if roles.contains(&Role::Worker) {
             let config = settings.engine.clone();
@@ -291,6 +308,7 @@ impl App {
             worker,
             deliverer,
             finished,
+            passive,
         })
     }
 
@@ -354,6 +372,9 @@ impl App {
             tracing::info!(worker = w.id(), "worker started");
             tokio::spawn(w.run(self.state.wake_workers.clone(), stop.clone(), poll))
         });
+        for passive in self.passive {
+            tokio::spawn(passive.sweep_materials_until(stop.clone()));
+        }
         if self.deliverer.is_some() {
             let janitor = crate::retention::Janitor::new(
                 self.state.store.clone(),

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::token::TokenService;
 use super::{DeliverError, upload_name};
 use crate::channel::ErrorClass;
+use crate::channel::wechat::api::ApiError;
 use crate::config::{DeliverySettings, ReplySettings};
 use crate::model::{Inbound, Reply};
 use crate::store::{Store, StoreError, Waiting};
@@ -21,6 +22,12 @@ const CLAIM_SECS: f64 = 10.0;
 /// Permanent material uploaded for a passive reply is deleted this long after the reply (WeChat fetches the
 /// picture when it relays the reply; the material library is capped).
 const MATERIAL_LIFETIME: Duration = Duration::from_secs(30);
+/// How often due material deletions are looked for.
+const MATERIAL_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long a failed material deletion waits before it is tried again.
+const MATERIAL_RETRY: Duration = Duration::from_secs(60);
+/// Attempts at deleting one piece of material before giving up.
+pub const MATERIAL_ATTEMPTS: i32 = 10;
 
 /// Passive picture replies for one node.
 pub struct PassiveReplies {
@@ -175,11 +182,9 @@ impl PassiveReplies {
             tokio::time::timeout_at(answer_by, self.upload(job_id))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(DeliverError::Api(
-                        crate::channel::wechat::api::ApiError::Transport(
-                            "upload did not finish inside the reply window".into(),
-                        ),
-                    ))
+                    Err(DeliverError::Api(ApiError::Transport(
+                        "upload did not finish inside the reply window".into(),
+                    )))
                 })
                 .map(|media_id| Reply::Image { media_id })
         };
@@ -242,19 +247,66 @@ impl PassiveReplies {
                 async move { api.add_material_image(&t, jpeg, name).await }
             })
             .await?;
-        let (tokens, doomed) = (self.tokens.clone(), media_id.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(MATERIAL_LIFETIME).await;
-            let deleted = tokens
+        let api = self.tokens.api();
+        self.store
+            .schedule_material_cleanup(
+                api.platform(),
+                &api.credential(),
+                &media_id,
+                MATERIAL_LIFETIME.as_secs_f64(),
+            )
+            .await?;
+        Ok(media_id)
+    }
+
+    /// Deletes the account's permanent material that is due (any node's uploads: the rows are shared); returns
+    /// how many were deleted. A deletion that fails is tried again later, up to [`MATERIAL_ATTEMPTS`] times.
+    pub async fn sweep_materials(&self) -> Result<usize, StoreError> {
+        let api = self.tokens.api();
+        let (platform, credential) = (api.platform(), api.credential());
+        let due = self
+            .store
+            .due_material_cleanups(platform, &credential, 50, MATERIAL_RETRY.as_secs_f64())
+            .await?;
+        let mut deleted = 0;
+        for (media_id, attempts) in due {
+            let outcome = self
+                .tokens
                 .call(|t| {
-                    let (tokens, doomed) = (tokens.clone(), doomed.clone());
-                    async move { tokens.api().delete_material(&t, &doomed).await }
+                    let media_id = media_id.clone();
+                    async move { api.delete_material(&t, &media_id).await }
                 })
                 .await;
-            if let Err(e) = deleted {
-                tracing::warn!(error = %e, media_id = %doomed, "could not delete the permanent material");
+            match outcome {
+                // 40007: already gone (an earlier attempt deleted it and its answer was lost).
+                Ok(()) | Err(DeliverError::Api(ApiError::Platform { code: 40007, .. })) => {
+                    deleted += 1
+                }
+                Err(e) if attempts < MATERIAL_ATTEMPTS => {
+                    tracing::warn!(error = %e, %media_id, attempts, "could not delete permanent material; trying again later");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %media_id, attempts, "giving up deleting permanent material (delete it in the WeChat admin)");
+                }
             }
-        });
-        Ok(media_id)
+            self.store
+                .material_cleaned(platform, &credential, &media_id)
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Sweeps due material every [`MATERIAL_SWEEP_EVERY`] until `stop`.
+    pub async fn sweep_materials_until(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MATERIAL_SWEEP_EVERY) => {}
+            }
+            if let Err(e) = self.sweep_materials().await {
+                tracing::warn!(error = %e, "could not sweep permanent material; trying again later");
+            }
+        }
     }
 }

@@ -941,6 +941,31 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
         account: &str,
         passive_only: bool,
     ) -> Result<(), StoreError>;
+    /// Remembers to delete permanent material `media_id` of account (`channel`, `account`: the platform
+    /// credential) `due_in_secs` from now.
+    async fn schedule_material_cleanup(
+        &self,
+        channel: &str,
+        account: &str,
+        media_id: &str,
+        due_in_secs: f64,
+    ) -> Result<(), StoreError>;
+    /// Takes up to `max` due material deletions of the account with the attempts made so far (this one included),
+    /// putting each off by `retry_secs` so no other node takes it meanwhile.
+    async fn due_material_cleanups(
+        &self,
+        channel: &str,
+        account: &str,
+        max: i64,
+        retry_secs: f64,
+    ) -> Result<Vec<(String, i32)>, StoreError>;
+    /// Forgets a material deletion (done, or given up).
+    async fn material_cleaned(
+        &self,
+        channel: &str,
+        account: &str,
+        media_id: &str,
+    ) -> Result<(), StoreError>;
     /// One step of retention: deletes at most `retention.batch` picture bytes, expired held pictures, finished jobs
     /// and messages each, rolling up the daily usage of days about to be pruned first.
     async fn prune(&self, retention: &Retention) -> Result<Pruned, StoreError>;

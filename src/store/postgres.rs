@@ -1145,6 +1145,66 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn schedule_material_cleanup(
+        &self,
+        channel: &str,
+        account: &str,
+        media_id: &str,
+        due_in_secs: f64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO material_cleanup (channel, account, media_id, due_at)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) ON CONFLICT DO NOTHING",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(media_id)
+        .bind(due_in_secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn due_material_cleanups(
+        &self,
+        channel: &str,
+        account: &str,
+        max: i64,
+        retry_secs: f64,
+    ) -> Result<Vec<(String, i32)>, StoreError> {
+        Ok(sqlx::query_as(
+            "UPDATE material_cleanup SET due_at = now() + make_interval(secs => $4), attempts = attempts + 1
+             WHERE (channel, account, media_id) IN (
+                 SELECT channel, account, media_id FROM material_cleanup
+                 WHERE channel = $1 AND account = $2 AND due_at <= now()
+                 ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING media_id, attempts",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(max)
+        .bind(retry_secs)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn material_cleaned(
+        &self,
+        channel: &str,
+        account: &str,
+        media_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM material_cleanup WHERE channel = $1 AND account = $2 AND media_id = $3",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(media_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn prune(&self, r: &Retention) -> Result<Pruned, StoreError> {
         let pictures = sqlx::query(
             "DELETE FROM job_images WHERE job_id IN (

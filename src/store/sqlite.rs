@@ -1009,6 +1009,68 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn schedule_material_cleanup(
+        &self,
+        channel: &str,
+        account: &str,
+        media_id: &str,
+        due_in_secs: f64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO material_cleanup (channel, account, media_id, due_at)
+             VALUES (?1, ?2, ?3, {}) ON CONFLICT DO NOTHING",
+            now_plus(4)
+        ))
+        .bind(channel)
+        .bind(account)
+        .bind(media_id)
+        .bind(due_in_secs)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn due_material_cleanups(
+        &self,
+        channel: &str,
+        account: &str,
+        max: i64,
+        retry_secs: f64,
+    ) -> Result<Vec<(String, i32)>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "UPDATE material_cleanup SET due_at = {}, attempts = attempts + 1
+             WHERE rowid IN (
+                 SELECT rowid FROM material_cleanup
+                 WHERE channel = ?1 AND account = ?2 AND due_at <= {NOW}
+                 ORDER BY due_at LIMIT ?3)
+             RETURNING media_id, attempts",
+            now_plus(4)
+        ))
+        .bind(channel)
+        .bind(account)
+        .bind(max)
+        .bind(retry_secs)
+        .fetch_all(&self.writer)
+        .await?)
+    }
+
+    async fn material_cleaned(
+        &self,
+        channel: &str,
+        account: &str,
+        media_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM material_cleanup WHERE channel = ?1 AND account = ?2 AND media_id = ?3",
+        )
+        .bind(channel)
+        .bind(account)
+        .bind(media_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     async fn prune(&self, r: &Retention) -> Result<Pruned, StoreError> {
         let pictures = sqlx::query(
             "DELETE FROM job_images WHERE job_id IN (

@@ -430,7 +430,74 @@ async fn faults_at_the_api_still_deliver_each_picture_once(backend: Backend) {
     );
 }
 
+/// Permanent material uploaded for passive replies is deleted through rows any node can sweep: due ones go (one
+/// already gone counts as deleted), ones not due stay, and nothing is deleted twice.
+async fn uploaded_material_is_swept_from_durable_rows(backend: Backend) {
+    use huabi::channel::wechat::api::WechatApi;
+    use huabi::deliver::passive::PassiveReplies;
+    use huabi::deliver::token::TokenService;
+    let db = TestDb::new(backend).await;
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let config = settings(&db.url, &[]);
+    let store = huabi::store::connect(&config.database)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let api = std::sync::Arc::new(WechatApi::new(
+        &base,
+        APP_ID,
+        APP_SECRET.to_string().into(),
+        Duration::from_secs(5),
+    ));
+    let tokens = std::sync::Arc::new(TokenService::new(store.clone(), api.clone(), "t".into()));
+    let jpeg = b"\xFF\xD8\xFF\xE0 a picture \xFF\xD9".to_vec();
+    let mut uploaded = Vec::new();
+    for name in ["a.jpg", "b.jpg"] {
+        let media_id = tokens
+            .call(|t| {
+                let (api, jpeg) = (api.clone(), jpeg.clone());
+                async move { api.add_material_image(&t, jpeg, name).await }
+            })
+            .await
+            .expect("upload");
+        uploaded.push(media_id);
+    }
+    store
+        .schedule_material_cleanup("wechat", APP_ID, &uploaded[0], 0.0)
+        .await
+        .expect("schedule");
+    store
+        .schedule_material_cleanup("wechat", APP_ID, &uploaded[1], 3600.0)
+        .await
+        .expect("schedule");
+    store
+        .schedule_material_cleanup("wechat", APP_ID, "already-gone", 0.0)
+        .await
+        .expect("schedule");
+    let (finished, _) = tokio::sync::broadcast::channel(4);
+    let passive = PassiveReplies::new(
+        store.clone(),
+        tokens,
+        "web".into(),
+        config.delivery.clone(),
+        config.replies.clone(),
+        finished,
+    );
+    assert_eq!(passive.sweep_materials().await.expect("sweep"), 2);
+    assert_eq!(passive.sweep_materials().await.expect("sweep"), 0);
+    assert_eq!(stand_in.record().deleted, vec![uploaded[0].clone()]);
+    assert!(
+        store
+            .due_material_cleanups("wechat", APP_ID, 10, 0.0)
+            .await
+            .expect("due")
+            .is_empty(),
+        "the material not due yet waits"
+    );
+}
+
 on_both_databases!(
+    uploaded_material_is_swept_from_durable_rows,
     every_message_becomes_one_picture_at_the_api,
     the_fast_path_answers_with_the_picture_itself,
     a_failed_painting_is_told_once,
