@@ -359,9 +359,7 @@ impl App {
             .await
             .context("listening for campaign changes")?;
         tokio::spawn(reload_catalog(self.state.clone(), stop.clone()));
-        if self.state.settings.limits.busy_queue > 0 || self.state.has_passive_replies() {
-            tokio::spawn(count_queue(self.state.clone(), stop.clone()));
-        }
+        tokio::spawn(count_queue(self.state.clone(), stop.clone()));
         tokio::spawn(announce_task(
             self.state.store.clone(),
             self.state.announce_jobs.clone(),
@@ -498,13 +496,17 @@ async fn reload_catalog(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// Counts the queued jobs every second (for backpressure and the fast path) until `stop`.
+/// Counts the queued jobs every second (for backpressure, the fast path and the `huabi_queue_depth` gauge) until
+/// `stop`.
 async fn count_queue(state: AppState, stop: CancellationToken) {
     loop {
         match state.store.queued_jobs().await {
-            Ok(n) => state
-                .queue_depth
-                .store(n, std::sync::atomic::Ordering::Relaxed),
+            Ok(n) => {
+                state
+                    .queue_depth
+                    .store(n, std::sync::atomic::Ordering::Relaxed);
+                metrics::gauge!("huabi_queue_depth").set(n as f64);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not count the queue; backpressure uses the last count")
             }

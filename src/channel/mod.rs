@@ -29,6 +29,21 @@ pub enum ErrorClass {
     Permanent,
 }
 
+impl ErrorClass {
+    /// The class's name, as metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::TokenInvalid => "token_invalid",
+            ErrorClass::Transient => "transient",
+            ErrorClass::WindowClosed => "window_closed",
+            ErrorClass::QuotaUsed => "quota_used",
+            ErrorClass::Unauthorized => "unauthorized",
+            ErrorClass::Blocked => "blocked",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
 /// A platform call that failed, with what to do about it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]

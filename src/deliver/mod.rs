@@ -183,7 +183,13 @@ impl Deliverer {
             DeliveryEnd::Retry { .. } => "retry",
             DeliveryEnd::Held { hold, .. } => hold.as_str(),
         };
-        metrics::counter!("huabi_deliveries_total", "outcome" => label, "channel" => task.channel.clone()).increment(1);
+        let class = match &outcome {
+            Ok(()) => "none",
+            Err(DeliverError::Send(error)) => error.class.as_str(),
+            Err(DeliverError::Store(_)) => "store",
+            Err(_) => "other",
+        };
+        metrics::counter!("huabi_deliveries_total", "outcome" => label, "class" => class, "channel" => task.channel.clone()).increment(1);
         match end {
             DeliveryEnd::Sent => {
                 tracing::debug!(job = task.job_id, picture = task.is_picture(), "delivered")

@@ -254,6 +254,12 @@ impl Worker {
             return Ok(Outcome::Empty);
         }
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        for job in &jobs {
+            if let Some(from) = &job.taken_from {
+                metrics::counter!("huabi_leases_taken_over_total").increment(1);
+                tracing::info!(job = job.id, from = %from, attempt = job.attempts, "job taken over");
+            }
+        }
         tracing::info!(worker = %self.id, ?ids, "painting a batch");
         let heartbeat = self.keep_leases_alive();
         let outcome = match self.make_ready(jobs).await {
@@ -456,6 +462,15 @@ impl Worker {
                 Ok((files, timings)) => {
                     metrics::histogram!("huabi_batch_size").record(group.len() as f64);
                     metrics::histogram!("huabi_paint_seconds").record(timings.total.as_secs_f64());
+                    for (stage, time) in [
+                        ("text", timings.text),
+                        ("denoise", timings.denoise),
+                        ("decode", timings.decode),
+                        ("safety", timings.safety),
+                    ] {
+                        metrics::histogram!("huabi_engine_stage_seconds", "stage" => stage)
+                            .record(time.as_secs_f64());
+                    }
                     let batch_size = i32::try_from(group.len()).unwrap_or(i32::MAX);
                     for (ready, file) in group.iter().zip(files) {
                         let job = &ready.job;
@@ -603,6 +618,7 @@ mod tests {
             painted_negative: None,
             photo_media_id: None,
             strength: 0.0,
+            taken_from: None,
         }
     }
 

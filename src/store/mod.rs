@@ -376,6 +376,9 @@ pub struct LeasedJob {
     pub photo_media_id: Option<String>,
     /// img2img strength (0 for text to image).
     pub strength: f64,
+    /// The holder whose lease this one took over (its node died, or its lease expired), if any (PostgreSQL; SQLite,
+    /// a single node, does not say).
+    pub taken_from: Option<String>,
 }
 
 /// The lease a result is stored under: every result and state change of a leased job names the lease it holds,

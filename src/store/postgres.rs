@@ -87,7 +87,7 @@ static LEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     ORDER BY status = 'running' DESC, priority DESC, created_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), picked AS (
-    SELECT j.id FROM jobs j, head
+    SELECT j.id, j.leased_by AS was_holder FROM jobs j, head
     WHERE (j.status = 'queued' OR (j.status = 'running' AND (j.leased_until < now() OR {ORPHANED})))
       AND j.attempts < $4
       AND j.model = head.model AND j.loras = head.loras
@@ -102,7 +102,8 @@ UPDATE jobs SET status = 'running', leased_by = $1, leased_until = now() + make_
     seed = coalesce(seed, floor(random() * 4503599627370496)::bigint)
 FROM picked WHERE jobs.id = picked.id
 RETURNING jobs.id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
-    jobs.model, jobs.loras, channel, account, painted_prompt, painted_negative, photo_media_id, jobs.strength"
+    jobs.model, jobs.loras, channel, account, painted_prompt, painted_negative, photo_media_id, jobs.strength,
+    picked.was_holder AS taken_from"
     )
 });
 

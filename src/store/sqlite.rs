@@ -473,7 +473,8 @@ impl Store for SqliteStore {
                    AND j.scheduler = head.scheduler AND j.strength = head.strength
                  ORDER BY j.priority DESC, j.created_at, j.id LIMIT ?2)
              RETURNING id, prompt, negative_prompt, width, height, steps, scheduler, guidance, seed, attempts,
-                 model, loras, channel, account, painted_prompt, painted_negative, photo_media_id, strength"
+                 model, loras, channel, account, painted_prompt, painted_negative, photo_media_id, strength,
+                 NULL AS taken_from"
         ))
         .bind(worker)
         .bind(max)

@@ -154,6 +154,9 @@ async fn expired_leases_are_taken_over_and_only_the_holder_completes(backend: Ba
         .await
         .expect("takeover");
     assert_eq!((b.len(), b[0].id, b[0].attempts), (1, id, 2));
+    if backend == Backend::Postgres {
+        assert_eq!(b[0].taken_from.as_deref(), Some("worker-a"));
+    }
     assert_eq!(b[0].seed, a[0].seed, "the seed is kept on retries");
     assert!(
         !s.complete_job(a[0].lease("worker-a"), b"late", 1)
