@@ -73,6 +73,16 @@ pub enum Command {
     /// Telegram bots.
     #[command(subcommand)]
     Telegram(TelegramCommand),
+    /// Check this deployment: the database reachable and migrated, clock skew, ONNX Runtime and each model loading,
+    /// each account's credentials accepted by its platform; says what to fix, exits 1 when something is broken.
+    Doctor {
+        /// Only read the model files; do not open each model's sessions.
+        #[arg(long)]
+        no_load: bool,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `huabi telegram …`.
@@ -433,6 +443,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             .await
             .context("models task")?;
             print!("{}", crate::models_report::render(&report, format));
+            Ok(())
+        }
+        Command::Doctor { no_load, json } => {
+            let settings = load_settings()?;
+            let checks = crate::doctor::run(&settings, !no_load).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", crate::doctor::render(&checks));
+            }
+            let broken = checks
+                .iter()
+                .filter(|c| c.verdict == crate::doctor::Verdict::Fail)
+                .count();
+            if broken > 0 {
+                anyhow::bail!("{broken} check(s) failed");
+            }
             Ok(())
         }
         Command::Campaign(command) => campaign(command).await,

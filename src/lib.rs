@@ -19,6 +19,8 @@ pub mod command;
 pub mod config;
 /// Delivery of finished pictures through the platform's API and passive replies.
 pub mod deliver;
+/// `huabi doctor`: checks a deployment and says what to fix.
+pub mod doctor;
 /// Stable Diffusion on ONNX Runtime.
 pub mod engine;
 /// The content filter.

@@ -282,6 +282,7 @@ async fn method(
             s.lock().record.webhook = Some((url, secret));
             ok(json!(true))
         }
+        "getMe" => ok(json!({"id": 4242, "is_bot": true, "username": "huabi_standin_bot"})),
         _ => refusal(404, "Not Found: method not found"),
     }
 }

@@ -83,6 +83,17 @@ where
     }
 }
 
+/// What `huabi doctor` reads off the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbHealth {
+    /// The newest migration applied (`None`: never migrated).
+    pub applied: Option<i64>,
+    /// The newest migration this build carries.
+    pub known: i64,
+    /// The database's clock.
+    pub now: OffsetDateTime,
+}
+
 /// What retention keeps, as of `now`: picture bytes for `picture_days` after delivery (or failure), held pictures
 /// for `held_days` after they were painted (then they expire and can no longer be fetched), and messages and
 /// finished jobs for `history_days` whole Shanghai days (their daily usage is rolled up first).
@@ -744,6 +755,8 @@ pub trait Store: admin::AdminStore + Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The schema version applied, the newest this build knows, and the database's clock.
+    async fn health(&self) -> Result<DbHealth, StoreError>;
     /// Records the message under its dedup key and creates its job, atomically; a retry gets `Duplicate`.
     async fn submit(&self, submission: &Submission<'_>) -> Result<Admission, StoreError>;
     /// The most recent jobs, newest first.

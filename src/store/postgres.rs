@@ -9,13 +9,13 @@ use tokio::sync::{Notify, broadcast};
 use super::presence::{LIVE_NODES, ORPHANED, Presence};
 use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
-    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
-    INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
-    LOCK_USAGE, Lease, LeasedJob, LimitCheck, LockedUsage, ModelQueue, NewJob, Painted, Pruned,
-    QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, Retention,
-    SAVE_TOKEN, SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
-    account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
-    refused_submission, source_msg_id, waiting,
+    CampaignRevision, Capabilities, Counts, DbHealth, DeliveryEnd, DeliveryTask, DeliveryWait,
+    EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming,
+    LAST_REQUEST, LOCK_USAGE, Lease, LeasedJob, LimitCheck, LockedUsage, ModelQueue, NewJob,
+    Painted, Pruned, QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY,
+    RequestRow, Retention, SAVE_TOKEN, SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign,
+    Submission, UsageRow, Waiting, account_state, campaign_changes, decode_reply, encode_reply,
+    fate, limits, new_job, refused_submission, source_msg_id, waiting,
 };
 use crate::config::DatabaseSettings;
 use crate::limits::{Limits, Refused, Usage};
@@ -378,6 +378,35 @@ impl Store for PgStore {
             .run(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn health(&self) -> Result<DbHealth, StoreError> {
+        let known = sqlx::migrate!("migrations/postgres")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let table: Option<(String,)> = sqlx::query_as("SELECT table_name::text FROM information_schema.tables WHERE table_name = '_sqlx_migrations'")
+            .fetch_optional(&self.pool)
+            .await?;
+        let applied = match table {
+            Some(_) => {
+                sqlx::query_as::<_, (Option<i64>,)>(
+                    "SELECT max(version) FROM _sqlx_migrations WHERE success",
+                )
+                .fetch_one(&self.pool)
+                .await?
+                .0
+            }
+            None => None,
+        };
+        let (now,): (time::OffsetDateTime,) =
+            sqlx::query_as("SELECT now()").fetch_one(&self.pool).await?;
+        Ok(DbHealth {
+            applied,
+            known,
+            now,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

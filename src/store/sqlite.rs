@@ -13,11 +13,11 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{
     ACCOUNT_STATE, AccountState, Admission, CAMPAIGN_TODAY, CLAIM_TOKEN_REFRESH, COUNT_USAGE,
-    CampaignRevision, Capabilities, Counts, DeliveryEnd, DeliveryTask, DeliveryWait, EXPIRE_TOKEN,
-    INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming, LAST_REQUEST,
-    LOCK_USAGE, Lease, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, Pruned, QueueStatus,
-    RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, Retention, SAVE_TOKEN,
-    SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
+    CampaignRevision, Capabilities, Counts, DbHealth, DeliveryEnd, DeliveryTask, DeliveryWait,
+    EXPIRE_TOKEN, INSERT_CAMPAIGN, INSERT_REVISION, JobFate, JobRefusal, JobRow, JobTiming,
+    LAST_REQUEST, LOCK_USAGE, Lease, LeasedJob, LockedUsage, ModelQueue, NewJob, Painted, Pruned,
+    QueueStatus, RELEASE_IN_FLIGHT, RELEASE_TOKEN_REFRESH, REQUESTS_TODAY, RequestRow, Retention,
+    SAVE_TOKEN, SET_PASSIVE_ONLY, Store, StoreError, StoredCampaign, Submission, UsageRow, Waiting,
     account_state, campaign_changes, decode_reply, encode_reply, fate, limits, new_job,
     refused_submission, source_msg_id, waiting,
 };
@@ -128,6 +128,40 @@ impl Store for SqliteStore {
             .run(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn health(&self) -> Result<DbHealth, StoreError> {
+        let known = sqlx::migrate!("migrations/sqlite")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let table: Option<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.writer)
+        .await?;
+        let applied = match table {
+            Some(_) => {
+                sqlx::query_as::<_, (Option<i64>,)>(
+                    "SELECT max(version) FROM _sqlx_migrations WHERE success",
+                )
+                .fetch_one(&self.writer)
+                .await?
+                .0
+            }
+            None => None,
+        };
+        let (secs,): (f64,) = sqlx::query_as("SELECT (julianday('now') - 2440587.5) * 86400.0")
+            .fetch_one(&self.writer)
+            .await?;
+        let now = time::OffsetDateTime::from_unix_timestamp_nanos((secs * 1e9) as i128)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(DbHealth {
+            applied,
+            known,
+            now,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -19,6 +19,7 @@ mod browser;
 mod campaigns;
 mod delivery;
 mod delivery_contract;
+mod doctor;
 mod engine;
 mod failover;
 mod helpers;

@@ -240,6 +240,18 @@ impl TelegramApi {
         }
     }
 
+    /// `getMe`: the bot's username, when the token is valid.
+    pub async fn get_me(&self) -> Result<String, SendError> {
+        let me = self
+            .call(self.http.post(self.url("getMe")).json(&json!({})))
+            .await?;
+        Ok(me
+            .get("username")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// `setWebhook` with the secret token Telegram then sends on every update.
     pub async fn set_webhook(&self, url: &str, secret_token: &str) -> Result<(), SendError> {
         self.call(self.http.post(self.url("setWebhook")).json(&json!({
