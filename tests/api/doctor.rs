@@ -75,3 +75,36 @@ async fn doctor_passes_a_healthy_deployment_and_names_what_is_broken() {
     assert!(!ok);
     assert_eq!(verdict(&checks, "database"), "fail");
 }
+
+/// Every metric the shipped Grafana dashboard queries is one huabi exports (named in the source).
+#[test]
+fn the_dashboard_queries_only_metrics_huabi_exports() {
+    let dashboard =
+        std::fs::read_to_string("deploy/grafana/huabi.json").expect("deploy/grafana/huabi.json");
+    let mut source = String::new();
+    let mut dirs = vec![std::path::PathBuf::from("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(&path).expect("source"));
+            }
+        }
+    }
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("huabi_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let base = name.strip_suffix("_count").unwrap_or(name);
+        assert!(
+            source.contains(&format!("\"{base}\"")),
+            "the dashboard queries {name}, which huabi does not export"
+        );
+    }
+}
