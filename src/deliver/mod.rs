@@ -293,6 +293,25 @@ impl Deliverer {
         Ok(())
     }
 
+    /// One step: leases up to `concurrency` due deliveries and makes each attempt, one after another, recording how
+    /// each ended; returns how many were attempted. Tests step the deliverer with it.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let tasks = self
+            .store
+            .lease_deliveries(
+                &self.id,
+                self.settings.concurrency as i64,
+                self.settings.lease_secs,
+                &self.channels.keys(),
+            )
+            .await?;
+        let attempted = tasks.len();
+        for task in tasks {
+            self.deliver(task).await?;
+        }
+        Ok(attempted)
+    }
+
     /// Delivers until `stop`: keeps up to `concurrency` deliveries running, leasing more as each one ends (a slow
     /// call holds one slot, not a whole round), and sleeps while nothing is due until a job finishes (`finished`)
     /// or the poll tick. On stop, deliveries in hand finish and the leases of the rest are given back.

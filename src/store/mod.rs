@@ -346,6 +346,8 @@ pub struct JobRow {
     pub loras: String,
     /// Jobs painted in the same engine pass (once painted).
     pub batch_size: Option<i32>,
+    /// A failed job's follower was told.
+    pub notified: bool,
 }
 
 /// A job leased to a worker, with everything needed to paint it.

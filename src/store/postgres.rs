@@ -447,7 +447,7 @@ impl Store for PgStore {
     async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, channel, account, user_id, source_msg_id, prompt, status, created_at, campaign, model,
-                 loras, batch_size
+                 loras, batch_size, notified_at IS NOT NULL AS notified
              FROM jobs ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)

@@ -173,18 +173,9 @@ async fn every_message_becomes_one_picture_at_the_api(backend: Backend) {
     );
     assert_eq!(record.tokens_issued, 1, "one token for everything");
     assert_eq!(record.token_requests, 1, "fetched once, shared");
-    // The stand-in records a send a moment before the deliverer records it as delivered.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    for job in app.store.recent_jobs(10).await.expect("jobs") {
-        assert_eq!(
-            app.store
-                .job_status(job.id)
-                .await
-                .expect("status")
-                .as_deref(),
-            Some("delivered")
-        );
-    }
+    // The stand-in records a send a moment before the deliverer records it as delivered; a delivered job is never
+    // leased again.
+    wait_all_delivered(&app, 5).await;
     assert_eq!(stand_in.record().sends.len(), 5, "nothing is sent twice");
 }
 
@@ -205,7 +196,8 @@ async fn the_fast_path_answers_with_the_picture_itself(backend: Backend) {
     // WeChat's retry of the same message gets the same picture, and nothing else happens.
     let (_, again) = app.post_plain(&message).await;
     assert_eq!(media_id_of(&again).as_deref(), Some(media_id.as_str()));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Recorded delivered (passively) with the reply: no deliverer can lease it any more.
+    wait_all_delivered(&app, 1).await;
     let record = stand_in.record();
     assert!(
         record.sends.is_empty(),
@@ -246,7 +238,12 @@ async fn a_failed_painting_is_told_once(backend: Backend) {
             .as_deref()
             .is_some_and(|t| t.contains("没能画成"))
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once recorded as told, no deliverer leases the job again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app.store.recent_jobs(1).await.expect("jobs")[0].notified {
+        assert!(Instant::now() < deadline, "the notice was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(stand_in.record().sends.len(), 1, "told once");
     assert!(stand_in.record().uploads.is_empty());
 }
@@ -422,7 +419,7 @@ async fn faults_at_the_api_still_deliver_each_picture_once(backend: Backend) {
         record.token_requests, record.tokens_issued,
         "no stable_token call without an expiry behind it"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_all_delivered(&app, n as usize).await;
     assert_eq!(
         stand_in.record().sends.len(),
         n as usize,
@@ -496,7 +493,75 @@ async fn uploaded_material_is_swept_from_durable_rows(backend: Backend) {
     );
 }
 
+/// The deliverer stepped by hand (`run_once`): each due picture is sent once and recorded, a second step finds
+/// nothing, and a failure notice is told once — no background loop, no sleeps.
+async fn a_stepped_deliverer_sends_each_picture_once(backend: Backend) {
+    use huabi::channel::registry::{AccountChannel, Channels};
+    use huabi::channel::wechat::api::WechatApi;
+    use huabi::deliver::Deliverer;
+    use huabi::deliver::token::TokenService;
+    use huabi::deliver::wechat::WechatOutbound;
+    let db = TestDb::new(backend).await;
+    let (stand_in, base) = start_standin(StandInOptions::default()).await;
+    let config = settings(&db.url, &[]);
+    let store = crate::delivery_contract::store_for(&db).await;
+    let api = std::sync::Arc::new(WechatApi::new(
+        &base,
+        APP_ID,
+        APP_SECRET.to_string().into(),
+        Duration::from_secs(5),
+    ));
+    let tokens = std::sync::Arc::new(TokenService::new(store.clone(), api, "t".into()));
+    let mut channels = Channels::new();
+    channels.insert(
+        "wechat",
+        "gh_d",
+        AccountChannel {
+            outbound: std::sync::Arc::new(WechatOutbound::new(tokens)),
+            media: None,
+        },
+    );
+    let deliverer = Deliverer::new(
+        store.clone(),
+        std::sync::Arc::new(channels),
+        "d".into(),
+        config.delivery.clone(),
+        "failed".into(),
+    );
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            crate::delivery_contract::finished_job(&*store, &format!("u{n}"), n, true, 0.0).await,
+        );
+    }
+    let failed = crate::delivery_contract::finished_job(&*store, "u_failed", 9, false, 0.0).await;
+    assert_eq!(deliverer.run_once().await.expect("step"), 4);
+    for id in &ids {
+        assert_eq!(
+            store.job_status(*id).await.expect("status").as_deref(),
+            Some("delivered")
+        );
+    }
+    assert_eq!(
+        store.job_status(failed).await.expect("status").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(deliverer.run_once().await.expect("step"), 0, "nothing left");
+    let record = stand_in.record();
+    let per_user = images_per_user(&record);
+    assert_eq!(per_user.len(), 3);
+    assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
+    let notices: Vec<_> = record
+        .sends
+        .iter()
+        .filter(|s| s.msgtype == "text")
+        .collect();
+    assert_eq!(notices.len(), 1, "told once");
+    assert_eq!(notices[0].touser, "u_failed");
+}
+
 on_both_databases!(
+    a_stepped_deliverer_sends_each_picture_once,
     uploaded_material_is_swept_from_durable_rows,
     every_message_becomes_one_picture_at_the_api,
     the_fast_path_answers_with_the_picture_itself,
