@@ -356,3 +356,50 @@ pub async fn wait_all_delivered(app: &TestApp, count: usize) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP forwarder standing in for what points clients at the current PostgreSQL primary (a virtual IP, HAProxy
+/// with a health check, PgBouncer): clients connect to its port; [`Forwarder::switch`] sends new connections to
+/// another server and cuts the open ones, as a failover does.
+pub struct Forwarder {
+    /// The port clients connect to.
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Forwarder {
+    /// Forwards 127.0.0.1:`port` (a free one) to 127.0.0.1:`target`.
+    pub async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (to, cuts) = (target.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let to = to.load(std::sync::atomic::Ordering::SeqCst);
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, target, cut }
+    }
+
+    /// Sends new connections to `target` and cuts every open one.
+    pub fn switch(&self, target: u16) {
+        self.target
+            .store(target, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+}

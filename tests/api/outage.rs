@@ -1,3 +1,6 @@
+//! A standby promotion: the primary stops, its synchronous standby is promoted, and the address huabi connects to
+//! (a forwarder standing in for a virtual IP or HAProxy) moves to it; nothing acknowledged is lost.
+//!
 //! The database goes away and comes back: a private PostgreSQL cluster is stopped (fast shutdown: every session
 //! cut) under load and started again. While it is away the webhook answers 503 inside WeChat's window (never 200
 //! for a message it could not store) and `/readyz` says so; afterwards the nodes reconnect, LISTEN is re-made (the
@@ -128,4 +131,98 @@ async fn every_role_survives_a_postgresql_restart() {
     }
     assert_eq!(stand_in.record().sends.len(), 25, "nothing sent twice");
     assert!(a.try_wait().expect("a").is_none() && b.try_wait().expect("b").is_none());
+}
+
+#[tokio::test]
+async fn a_promoted_standby_takes_over_with_nothing_lost() {
+    let primary = PrivatePg::start();
+    let standby = PrivatePg::standby_of(&primary);
+    // Synchronous replication: a commit (an acknowledgement) waits until the standby has it.
+    let mut admin = sqlx::PgConnection::connect(&primary.url())
+        .await
+        .expect("connect");
+    sqlx::query("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        .execute(&mut admin)
+        .await
+        .expect("sync");
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await
+        .expect("reload");
+    drop(admin);
+    let forwarder = Forwarder::start(primary.port).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", forwarder.port);
+    let (stand_in, base) = start_standin(Default::default()).await;
+    let env = [
+        ("HUABI__WECHAT__API_BASE", base.as_str()),
+        ("HUABI__WECHAT__APP_SECRET", APP_SECRET),
+        ("HUABI__DELIVERY__FAST_PATH_SECS", "0"),
+        ("HUABI__DELIVERY__POLL_SECS", "0.2"),
+        ("HUABI__DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
+        ("HUABI__JOBS__WIDTH", "64"),
+        ("HUABI__JOBS__HEIGHT", "64"),
+        ("HUABI__JOBS__STEPS", "2"),
+    ];
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = start_serve(&url, port_a, "web", &env);
+    let mut b = start_serve(&url, port_b, "worker,deliver", &env);
+    wait_ready(port_a, &mut a).await;
+    wait_ready(port_b, &mut b).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    for i in 100..110 {
+        assert_eq!(post(&client, port_a, i).await, 200, "message {i}");
+    }
+    primary.down();
+    standby.promote();
+    forwarder.switch(standby.port);
+    let promoted = Instant::now();
+    for i in 110..120 {
+        let mut tries = 0;
+        while post(&client, port_a, i).await != 200 {
+            tries += 1;
+            assert!(
+                tries < 40,
+                "message {i} never acknowledged after the promotion"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    eprintln!(
+        "acknowledging again {:?} after the promotion",
+        promoted.elapsed()
+    );
+    let record = wait_for(&stand_in, 120, "20 pictures", |r| r.sends.len() >= 20).await;
+    let per_user = images_per_user(&record);
+    assert_eq!(per_user.len(), 20, "{per_user:?}");
+    assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
+    let mut conn = sqlx::PgConnection::connect(&standby.url())
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (inbound, jobs, delivered): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM jobs),
+                    (SELECT count(*) FROM jobs WHERE status = 'delivered')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("counts");
+        assert_eq!(
+            (inbound, jobs),
+            (20, 20),
+            "every acknowledged message is on the new primary"
+        );
+        if delivered == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{delivered} of 20 recorded delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stand_in.record().sends.len(), 20, "nothing sent twice");
 }

@@ -110,6 +110,45 @@ impl PrivatePg {
         );
     }
 
+    /// A streaming standby of `primary` (a base backup with its replication settings), started.
+    pub fn standby_of(primary: &PrivatePg) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(tmp.path())
+            .status();
+        run_pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                dir.to_str().expect("utf-8 path"),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        let pg = Self {
+            dir,
+            port: crate::helpers::free_port(),
+            _tmp: tmp,
+        };
+        pg.up();
+        pg
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        run_pg("pg_ctl", &["-D", self.data(), "-w", "promote"]);
+    }
+
     /// Stops the server the way a failover or a restart does (`fast`: every session is cut at once).
     pub fn down(&self) {
         run_pg("pg_ctl", &["-D", self.data(), "-m", "fast", "-w", "stop"]);
