@@ -1,7 +1,7 @@
 //! Failover on PostgreSQL with two `huabi serve` processes: kill -9 the one painting a job; the other takes the job
 //! over within about a second (the dead node's presence lock is gone) and finishes it; the picture is stored once.
 //! Pause the painting node (SIGSTOP) past its lease: the other takes over and delivers; the paused one, resumed,
-//! finds its result refused (fencing). Kill a web node while messages arrive: WeChat's retries reach the other web
+//! finds its result refused (fencing); cut the painting node off from PostgreSQL for 20 s: the same. Kill a web node while messages arrive: WeChat's retries reach the other web
 //! node; every follower gets exactly one picture.
 
 use std::time::{Duration, Instant};
@@ -291,6 +291,141 @@ async fn a_paused_worker_cannot_overwrite_the_takeover() {
     let sends = stand_in.record().sends;
     assert_eq!(sends.len(), 1, "exactly one picture: {sends:?}");
     assert!(a.try_wait().expect("a").is_none() && b.try_wait().expect("b").is_none());
+}
+
+/// A partition: the painting node is cut off from PostgreSQL for 20 s (every byte held, no connection closed, so
+/// PostgreSQL cannot tell it died and its presence lock stays); its job moves when the 2 s lease expires, the other
+/// node paints and delivers it; when the network heals, the cut-off node overwrote nothing (its result was refused,
+/// or given up when its lease ran out while the database was out of reach) and the deployment goes on.
+#[tokio::test]
+async fn a_node_cut_off_from_the_database_cannot_overwrite_the_takeover() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let port_pg = db
+        .url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("the test database's port");
+    let network = crate::helpers::Forwarder::start(port_pg).await;
+    let cut_url = db
+        .url
+        .replacen(&format!(":{port_pg}/"), &format!(":{}/", network.port), 1);
+    let (stand_in, base) = crate::delivery::start_standin(Default::default()).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // Only B paints at first: A starts once B holds the job.
+    let mut b = start(&cut_url, port_b, "worker", &base, "http://127.0.0.1:9", "2");
+    wait_ready(port_b, &mut b).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let mut a = start(
+        &db.url,
+        port_a,
+        "web,deliver",
+        &base,
+        "http://127.0.0.1:9",
+        "2",
+    );
+    wait_ready(port_a, &mut a).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
+        .query(&plain_query(now(), "n"))
+        .body(text_xml("o_partition", 616161, "月亮"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let job_id: i64 = loop {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM jobs WHERE status = 'running'")
+            .fetch_optional(&mut conn)
+            .await
+            .expect("query");
+        if let Some((id,)) = row {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "B never leased the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    network.partition();
+    let cut_at = Instant::now();
+    let mut c = start(
+        &db.url,
+        free_port(),
+        "worker",
+        &base,
+        "http://127.0.0.1:9",
+        "2",
+    );
+    loop {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+        if status == "delivered" {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(60),
+            "the other side never delivered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered_after = cut_at.elapsed();
+    // Keep B cut off for 20 s in all, then heal.
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(delivered_after)).await;
+    network.heal();
+    // Healed, B answers again; whatever it painted meanwhile was refused (or given up when its lease ran out) and
+    // overwrote nothing: one picture stored and sent, painted under the second lease.
+    let client = reqwest::Client::new();
+    let healed = Instant::now();
+    while !client
+        .get(format!("http://127.0.0.1:{port_b}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            healed.elapsed() < Duration::from_secs(30),
+            "B never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (images, attempts): (i64, i32) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM job_images WHERE job_id = $1), (SELECT attempts FROM jobs WHERE id = $1)",
+    )
+    .bind(job_id)
+    .fetch_one(&mut conn)
+    .await
+    .expect("query");
+    assert_eq!((images, attempts), (1, 2));
+    // The deployment goes on: a new message is painted and delivered.
+    let resp = client
+        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
+        .query(&plain_query(now(), "n"))
+        .body(text_xml("o_after", 626262, "桂花"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let record =
+        crate::delivery::wait_for(&stand_in, 60, "the second picture", |r| r.sends.len() >= 2)
+            .await;
+    let per_user = crate::delivery::images_per_user(&record);
+    assert_eq!(
+        per_user.get("o_partition"),
+        Some(&1),
+        "exactly one picture: {per_user:?}"
+    );
+    assert_eq!(per_user.get("o_after"), Some(&1));
+    for node in [&mut a, &mut b, &mut c] {
+        assert!(
+            node.try_wait().expect("status").is_none(),
+            "every node keeps running"
+        );
+    }
 }
 
 #[tokio::test]

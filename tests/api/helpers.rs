@@ -357,14 +357,40 @@ pub async fn wait_all_delivered(app: &TestApp, count: usize) {
     }
 }
 
-/// A TCP forwarder standing in for what points clients at the current PostgreSQL primary (a virtual IP, HAProxy
-/// with a health check, PgBouncer): clients connect to its port; [`Forwarder::switch`] sends new connections to
-/// another server and cuts the open ones, as a failover does.
+/// A TCP forwarder standing in for the network between huabi and PostgreSQL, or for what points clients at the
+/// current primary (a virtual IP, HAProxy with a health check, PgBouncer): [`Forwarder::switch`] sends new connections
+/// to another server and cuts the open ones, as a failover does; [`Forwarder::partition`] stops every byte both ways
+/// without closing anything, as a network partition does, until [`Forwarder::heal`].
 pub struct Forwarder {
     /// The port clients connect to.
     pub port: u16,
     target: std::sync::Arc<std::sync::atomic::AtomicU16>,
     cut: tokio::sync::watch::Sender<u64>,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies `from` to `to`, holding what it read while `paused` says so.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Forwarder {
@@ -376,24 +402,33 @@ impl Forwarder {
         let port = listener.local_addr().expect("addr").port();
         let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
         let (cut, _) = tokio::sync::watch::channel(0u64);
-        let (to, cuts) = (target.clone(), cut.clone());
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let (to, cuts, pauses) = (target.clone(), cut.clone(), paused.clone());
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let to = to.load(std::sync::atomic::Ordering::SeqCst);
                 let mut cut = cuts.subscribe();
+                let pause = pauses.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
-                    else {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = relay(client_read, server_write, pause.clone()) => {}
+                        _ = relay(server_read, client_write, pause) => {}
                         _ = cut.changed() => {}
                     }
                 });
             }
         });
-        Self { port, target, cut }
+        Self {
+            port,
+            target,
+            cut,
+            paused,
+        }
     }
 
     /// Sends new connections to `target` and cuts every open one.
@@ -401,5 +436,15 @@ impl Forwarder {
         self.target
             .store(target, std::sync::atomic::Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Stops every byte, both ways, on every connection (open or new), closing nothing.
+    pub fn partition(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Lets the held bytes and everything after them through again.
+    pub fn heal(&self) {
+        self.paused.send_replace(false);
     }
 }
