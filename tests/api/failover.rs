@@ -1,8 +1,8 @@
 //! Failover on PostgreSQL with two `huabi serve` processes: kill -9 the one painting a job; the other takes the job
 //! over within about a second (the dead node's presence lock is gone) and finishes it; the picture is stored once.
 //! Pause the painting node (SIGSTOP) past its lease: the other takes over and delivers; the paused one, resumed,
-//! finds its result refused (fencing); cut the painting node off from PostgreSQL for 20 s: the same. Kill a web node while messages arrive: WeChat's retries reach the other web
-//! node; every follower gets exactly one picture.
+//! finds its result refused (fencing); cut the painting node off from PostgreSQL for 20 s: the same. Kill a web node
+//! while messages arrive: WeChat's retries reach the other web node; every follower gets exactly one picture.
 
 use std::time::{Duration, Instant};
 
