@@ -51,6 +51,8 @@ pub struct App {
     deliverer: Option<Deliverer>,
     finished: broadcast::Sender<i64>,
     passive: Vec<Arc<PassiveReplies>>,
+    /// Prunes storage (nodes with the deliver role, whether or not they have accounts to send through).
+    janitor: Option<crate::retention::Janitor>,
 }
 
 /// A name for this process's leases and claims in `role`, unique across nodes and restarts.
@@ -300,6 +302,9 @@ impl App {
             }
             false => None,
         };
+        let janitor = roles
+            .contains(&Role::Deliver)
+            .then(|| crate::retention::Janitor::new(store.clone(), settings.retention.clone()));
         let catalog = load_catalog(&*store, &settings, true).await?;
         let state = AppState::new(store, endpoints, settings, catalog);
         Ok(Self {
@@ -309,6 +314,7 @@ impl App {
             deliverer,
             finished,
             passive,
+            janitor,
         })
     }
 
@@ -373,11 +379,7 @@ impl App {
         for passive in self.passive {
             tokio::spawn(passive.sweep_materials_until(stop.clone()));
         }
-        if self.deliverer.is_some() {
-            let janitor = crate::retention::Janitor::new(
-                self.state.store.clone(),
-                self.state.settings.retention.clone(),
-            );
+        if let Some(janitor) = self.janitor {
             tokio::spawn(janitor.run(stop.clone()));
         }
         let deliverer = self.deliverer.map(|d| {
