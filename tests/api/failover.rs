@@ -64,6 +64,70 @@ enum Follower {
     Telegram,
 }
 
+/// Posts follower `user`'s WeChat text message `msg_id` to the web node on `port`; its HTTP status.
+async fn post_text(port: u16, user: &str, msg_id: u64, text: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhook/wechat"))
+        .query(&plain_query(now(), "n"))
+        .body(text_xml(user, msg_id, text))
+        .send()
+        .await
+        .expect("sent")
+        .status()
+        .as_u16()
+}
+
+/// Waits (20 s at most) until a job is being painted; its id and the lease holder.
+async fn running_job(conn: &mut sqlx::PgConnection) -> (i64, String) {
+    let started = Instant::now();
+    loop {
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, leased_by FROM jobs WHERE status = 'running'")
+                .fetch_optional(&mut *conn)
+                .await
+                .expect("query");
+        if let Some((id, Some(holder))) = row {
+            return (id, holder);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no worker leased the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (`within` at most) until job `id` is recorded delivered.
+async fn delivered(conn: &mut sqlx::PgConnection, id: i64, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("query");
+        if status == "delivered" {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "job {id} not delivered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pictures stored and leases taken for job `id`.
+async fn images_and_attempts(conn: &mut sqlx::PgConnection, id: i64) -> (i64, i32) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM job_images WHERE job_id = $1), (SELECT attempts FROM jobs WHERE id = $1)",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .expect("query")
+}
+
 async fn kill_the_painter(follower: Follower) {
     let db = TestDb::new(Backend::Postgres).await;
     let (stand_in, base) = crate::delivery::start_standin(Default::default()).await;
@@ -97,22 +161,7 @@ async fn kill_the_painter(follower: Follower) {
     assert_eq!(resp.status(), 200);
 
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    let started = Instant::now();
-    let (job_id, holder): (i64, String) = loop {
-        let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT id, leased_by FROM jobs WHERE status = 'running'")
-                .fetch_optional(&mut conn)
-                .await
-                .expect("query");
-        if let Some((id, Some(holder))) = row {
-            break (id, holder);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no worker leased the job"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (job_id, holder) = running_job(&mut conn).await;
     let (victim, survivor) = if holder.contains(&format!("-{}-", a.id().expect("pid"))) {
         (&mut a, &mut b)
     } else {
@@ -147,27 +196,8 @@ async fn kill_the_painter(follower: Follower) {
         "job re-leased {takeover:?} after the kill"
     );
     assert_eq!(attempts, 2);
-    loop {
-        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_one(&mut conn)
-            .await
-            .expect("query");
-        if status == "delivered" {
-            break;
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(60),
-            "job never finished: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (images,): (i64,) = sqlx::query_as("SELECT count(*) FROM job_images WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(&mut conn)
-        .await
-        .expect("query");
-    assert_eq!(images, 1);
+    delivered(&mut conn, job_id, Duration::from_secs(60)).await;
+    assert_eq!(images_and_attempts(&mut conn, job_id).await, (1, 2));
     // Recorded delivered: no deliverer leases it again, so the count below is final.
     if follower == Follower::Wechat {
         let record = stand_in.record();
@@ -220,29 +250,9 @@ async fn a_paused_worker_cannot_overwrite_the_takeover() {
         "2",
     );
     wait_ready(port_b, &mut b).await;
-    let resp = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
-        .query(&plain_query(now(), "n"))
-        .body(text_xml("o_paused", 515151, "月亮"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(resp.status(), 200);
-
+    assert_eq!(post_text(port_a, "o_paused", 515151, "月亮").await, 200);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    let started = Instant::now();
-    let (job_id, holder) = loop {
-        let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT id, leased_by FROM jobs WHERE status = 'running'")
-                .fetch_optional(&mut conn)
-                .await
-                .expect("query");
-        if let Some((id, Some(holder))) = row {
-            break (id, holder);
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "no lease");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (job_id, holder) = running_job(&mut conn).await;
     let (victim, victim_port) = if holder.contains(&format!("-{}-", a.id().expect("pid"))) {
         (a.id().expect("pid"), port_a)
     } else {
@@ -256,22 +266,7 @@ async fn a_paused_worker_cannot_overwrite_the_takeover() {
         assert!(status.success(), "kill {sig}");
     };
     signal("-STOP");
-    let paused = Instant::now();
-    loop {
-        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_one(&mut conn)
-            .await
-            .expect("query");
-        if status == "delivered" {
-            break;
-        }
-        assert!(
-            paused.elapsed() < Duration::from_secs(90),
-            "the other node never delivered: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    delivered(&mut conn, job_id, Duration::from_secs(90)).await;
     signal("-CONT");
     let late = crate::helpers::wait_for_metric(
         victim_port,
@@ -280,14 +275,7 @@ async fn a_paused_worker_cannot_overwrite_the_takeover() {
     )
     .await;
     assert!(late, "the resumed worker's late result was not counted");
-    let (images, attempts): (i64, i32) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM job_images WHERE job_id = $1), (SELECT attempts FROM jobs WHERE id = $1)",
-    )
-    .bind(job_id)
-    .fetch_one(&mut conn)
-    .await
-    .expect("query");
-    assert_eq!((images, attempts), (1, 2));
+    assert_eq!(images_and_attempts(&mut conn, job_id).await, (1, 2));
     let sends = stand_in.record().sends;
     assert_eq!(sends.len(), 1, "exactly one picture: {sends:?}");
     assert!(a.try_wait().expect("a").is_none() && b.try_wait().expect("b").is_none());
@@ -325,29 +313,8 @@ async fn a_node_cut_off_from_the_database_cannot_overwrite_the_takeover() {
         "2",
     );
     wait_ready(port_a, &mut a).await;
-    let resp = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
-        .query(&plain_query(now(), "n"))
-        .body(text_xml("o_partition", 616161, "月亮"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(resp.status(), 200);
-    let started = Instant::now();
-    let job_id: i64 = loop {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM jobs WHERE status = 'running'")
-            .fetch_optional(&mut conn)
-            .await
-            .expect("query");
-        if let Some((id,)) = row {
-            break id;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "B never leased the job"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    assert_eq!(post_text(port_a, "o_partition", 616161, "月亮").await, 200);
+    let (job_id, _) = running_job(&mut conn).await;
     network.partition();
     let cut_at = Instant::now();
     let mut c = start(
@@ -358,21 +325,7 @@ async fn a_node_cut_off_from_the_database_cannot_overwrite_the_takeover() {
         "http://127.0.0.1:9",
         "2",
     );
-    loop {
-        let (status,): (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_one(&mut conn)
-            .await
-            .expect("query");
-        if status == "delivered" {
-            break;
-        }
-        assert!(
-            cut_at.elapsed() < Duration::from_secs(60),
-            "the other side never delivered: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    delivered(&mut conn, job_id, Duration::from_secs(60)).await;
     let delivered_after = cut_at.elapsed();
     // Keep B cut off for 20 s in all, then heal.
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(delivered_after)).await;
@@ -393,23 +346,9 @@ async fn a_node_cut_off_from_the_database_cannot_overwrite_the_takeover() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (images, attempts): (i64, i32) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM job_images WHERE job_id = $1), (SELECT attempts FROM jobs WHERE id = $1)",
-    )
-    .bind(job_id)
-    .fetch_one(&mut conn)
-    .await
-    .expect("query");
-    assert_eq!((images, attempts), (1, 2));
+    assert_eq!(images_and_attempts(&mut conn, job_id).await, (1, 2));
     // The deployment goes on: a new message is painted and delivered.
-    let resp = client
-        .post(format!("http://127.0.0.1:{port_a}/webhook/wechat"))
-        .query(&plain_query(now(), "n"))
-        .body(text_xml("o_after", 626262, "桂花"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(resp.status(), 200);
+    assert_eq!(post_text(port_a, "o_after", 626262, "桂花").await, 200);
     let record =
         crate::delivery::wait_for(&stand_in, 60, "the second picture", |r| r.sends.len() >= 2)
             .await;
@@ -546,24 +485,6 @@ async fn killing_a_web_node_loses_and_duplicates_nothing() {
     assert_eq!(per_user.len(), n as usize);
     assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (inbound, jobs): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM jobs WHERE status = 'delivered')",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .expect("counts");
-        assert_eq!(inbound, n as i64);
-        if jobs == n as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{jobs} of {n} recorded delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Every job recorded delivered: none can be leased and sent again.
+    wait_all_recorded_delivered(&mut conn, n as i64).await;
     assert_eq!(stand_in.record().sends.len(), n as usize, "nothing twice");
 }

@@ -266,6 +266,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (30 s at most) until all `n` jobs on the PostgreSQL database of `conn` are recorded delivered, checking all
+/// along that there are exactly `n` messages and `n` jobs (one each, nothing lost or doubled). Once every job is
+/// recorded delivered no deliverer can lease one again, so a count of sends taken after it is final.
+pub async fn wait_all_recorded_delivered(conn: &mut sqlx::PgConnection, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (inbound, jobs, delivered): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM jobs),
+                    (SELECT count(*) FROM jobs WHERE status = 'delivered')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .expect("counts");
+        assert_eq!((inbound, jobs), (n, n), "one message and one job each");
+        if delivered == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{delivered} of {n} recorded delivered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls the node on `port`'s `/metrics` until a line starts with `line`; false when `within` passes first.
 pub async fn wait_for_metric(port: u16, line: &str, within: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + within;

@@ -37,13 +37,10 @@ async fn ready(client: &reqwest::Client, port: u16) -> u16 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn every_role_survives_a_postgresql_restart() {
-    let pg = PrivatePg::start();
-    let url = pg.url();
-    let (stand_in, base) = start_standin(Default::default()).await;
-    let env = [
-        ("HUABI__WECHAT__API_BASE", base.as_str()),
+/// Two nodes' settings: the stand-in at `api_base`, small quick jobs, no fast path, a 2 s wait for a connection.
+fn quick_nodes(api_base: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("HUABI__WECHAT__API_BASE", api_base),
         ("HUABI__WECHAT__APP_SECRET", APP_SECRET),
         ("HUABI__DELIVERY__FAST_PATH_SECS", "0"),
         ("HUABI__DELIVERY__POLL_SECS", "0.2"),
@@ -51,9 +48,17 @@ async fn every_role_survives_a_postgresql_restart() {
         ("HUABI__JOBS__WIDTH", "64"),
         ("HUABI__JOBS__HEIGHT", "64"),
         ("HUABI__JOBS__STEPS", "2"),
-        // Only a notification wakes the worker node in time: its poll tick is a minute.
-        ("HUABI__JOBS__POLL_SECS", "60"),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn every_role_survives_a_postgresql_restart() {
+    let pg = PrivatePg::start();
+    let url = pg.url();
+    let (stand_in, base) = start_standin(Default::default()).await;
+    let mut env = quick_nodes(&base);
+    // Only a notification wakes the worker node in time: its poll tick is a minute.
+    env.push(("HUABI__JOBS__POLL_SECS", "60"));
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = start_serve(&url, port_a, "web", &env);
     let mut b = start_serve(&url, port_b, "worker,deliver", &env);
@@ -110,25 +115,7 @@ async fn every_role_survives_a_postgresql_restart() {
     assert_eq!(per_user.len(), 25, "{per_user:?}");
     assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (inbound, jobs, delivered): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM jobs),
-                    (SELECT count(*) FROM jobs WHERE status = 'delivered')",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .expect("counts");
-        assert_eq!((inbound, jobs), (25, 25), "one message and one job each");
-        if delivered == 25 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{delivered} of 25 recorded delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_all_recorded_delivered(&mut conn, 25).await;
     assert_eq!(stand_in.record().sends.len(), 25, "nothing sent twice");
     assert!(a.try_wait().expect("a").is_none() && b.try_wait().expect("b").is_none());
 }
@@ -153,16 +140,7 @@ async fn a_promoted_standby_takes_over_with_nothing_lost() {
     let forwarder = Forwarder::start(primary.port).await;
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", forwarder.port);
     let (stand_in, base) = start_standin(Default::default()).await;
-    let env = [
-        ("HUABI__WECHAT__API_BASE", base.as_str()),
-        ("HUABI__WECHAT__APP_SECRET", APP_SECRET),
-        ("HUABI__DELIVERY__FAST_PATH_SECS", "0"),
-        ("HUABI__DELIVERY__POLL_SECS", "0.2"),
-        ("HUABI__DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
-        ("HUABI__JOBS__WIDTH", "64"),
-        ("HUABI__JOBS__HEIGHT", "64"),
-        ("HUABI__JOBS__STEPS", "2"),
-    ];
+    let env = quick_nodes(&base);
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = start_serve(&url, port_a, "web", &env);
     let mut b = start_serve(&url, port_b, "worker,deliver", &env);
@@ -198,31 +176,10 @@ async fn a_promoted_standby_takes_over_with_nothing_lost() {
     let per_user = images_per_user(&record);
     assert_eq!(per_user.len(), 20, "{per_user:?}");
     assert!(per_user.values().all(|&c| c == 1), "{per_user:?}");
+    // Every acknowledged message is on the new primary.
     let mut conn = sqlx::PgConnection::connect(&standby.url())
         .await
         .expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (inbound, jobs, delivered): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM inbound_messages), (SELECT count(*) FROM jobs),
-                    (SELECT count(*) FROM jobs WHERE status = 'delivered')",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .expect("counts");
-        assert_eq!(
-            (inbound, jobs),
-            (20, 20),
-            "every acknowledged message is on the new primary"
-        );
-        if delivered == 20 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{delivered} of 20 recorded delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_all_recorded_delivered(&mut conn, 20).await;
     assert_eq!(stand_in.record().sends.len(), 20, "nothing sent twice");
 }

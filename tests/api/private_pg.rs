@@ -24,6 +24,17 @@ fn bin_dir() -> PathBuf {
     versions.pop().expect("an initdb under /usr/lib/postgresql")
 }
 
+/// A temporary folder `postgres` owns, and the data folder to create in it.
+fn data_folder() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(tmp.path())
+        .status();
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
+
 /// Runs a PostgreSQL program as `postgres` (through runuser when the test runs as root).
 fn run_pg(program: &str, args: &[&str]) {
     let path = bin_dir().join(program);
@@ -51,12 +62,7 @@ fn run_pg(program: &str, args: &[&str]) {
 impl PrivatePg {
     /// A new cluster, started, with trust authentication for `postgres` on 127.0.0.1.
     pub fn start() -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let _ = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(tmp.path())
-            .status();
+        let (tmp, dir) = data_folder();
         run_pg(
             "initdb",
             &[
@@ -112,12 +118,7 @@ impl PrivatePg {
 
     /// A streaming standby of `primary` (a base backup with its replication settings), started.
     pub fn standby_of(primary: &PrivatePg) -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let _ = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(tmp.path())
-            .status();
+        let (tmp, dir) = data_folder();
         run_pg(
             "pg_basebackup",
             &[
