@@ -172,7 +172,11 @@ proptest! {
             apply(&mut value, m);
         }
         let value = String::from_utf8_lossy(&value).to_string();
-        prop_assume!(value != query[which].1 && query[which].0 != "signature");
+        // A signature is hex: one whose letters only changed case (or gained surrounding spaces) is the same one.
+        let same = |a: &str, b: &str| {
+            query[which].0 == "msg_signature" && a.trim().eq_ignore_ascii_case(b.trim())
+        };
+        prop_assume!(value != query[which].1 && !same(&value, &query[which].1) && query[which].0 != "signature");
         query[which].1 = value;
         let (status, before, after) = send("mutated_signature_parameters_are_refused", &query, body.into_bytes());
         prop_assert!((400..500).contains(&status), "status {status}");
