@@ -78,13 +78,8 @@ fn accounts(
         passive: Vec::new(),
     };
     wechat_accounts(settings, store, web, finished, &mut accounts)?;
-    wecom_accounts(
-        settings,
-        store,
-        &mut accounts.channels,
-        &mut accounts.endpoints,
-    )?;
-    telegram_accounts(settings, &mut accounts.channels, &mut accounts.endpoints);
+    wecom_accounts(settings, store, &mut accounts)?;
+    telegram_accounts(settings, &mut accounts);
     Ok(accounts)
 }
 
@@ -161,8 +156,7 @@ fn wechat_accounts(
 fn wecom_accounts(
     settings: &Settings,
     store: &Arc<dyn Store>,
-    channels: &mut Channels,
-    endpoints: &mut Vec<Arc<dyn Webhook>>,
+    accounts: &mut Accounts,
 ) -> anyhow::Result<()> {
     for account in &settings.channels.wecom {
         let name = account.name.as_str();
@@ -183,7 +177,7 @@ fn wecom_accounts(
         if api.is_configured() && !account.agent_id.is_empty() {
             let tokens = Arc::new(TokenService::new(store.clone(), api, node_id("token")));
             let outbound = Arc::new(WechatOutbound::new(tokens));
-            channels.insert(
+            accounts.channels.insert(
                 wecom::CHANNEL,
                 name,
                 AccountChannel {
@@ -192,17 +186,13 @@ fn wecom_accounts(
                 },
             );
         }
-        endpoints.push(Arc::new(WecomEndpoint { channel }));
+        accounts.endpoints.push(Arc::new(WecomEndpoint { channel }));
     }
     Ok(())
 }
 
 /// Telegram bots: webhook, and with a bot token the Bot API.
-fn telegram_accounts(
-    settings: &Settings,
-    channels: &mut Channels,
-    endpoints: &mut Vec<Arc<dyn Webhook>>,
-) {
+fn telegram_accounts(settings: &Settings, accounts: &mut Accounts) {
     for account in &settings.channels.telegram {
         let name = account.name.as_str();
         let api = TelegramApi::new(
@@ -214,7 +204,7 @@ fn telegram_accounts(
             .is_configured()
             .then(|| Arc::new(TelegramOutbound::new(api)));
         if let Some(outbound) = &outbound {
-            channels.insert(
+            accounts.channels.insert(
                 telegram::CHANNEL,
                 name,
                 AccountChannel {
@@ -224,7 +214,7 @@ fn telegram_accounts(
             );
         }
         let channel = TelegramChannel::new(name, account.secret_token.clone());
-        endpoints.push(Arc::new(TelegramEndpoint {
+        accounts.endpoints.push(Arc::new(TelegramEndpoint {
             channel,
             outbound: outbound.map(|o| o as Arc<dyn Outbound>),
         }));

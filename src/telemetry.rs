@@ -1,4 +1,4 @@
-//! Logging setup.
+//! Logging setup, and the log-and-count of events more than one role reports.
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,4 +19,16 @@ pub fn init(settings: &LogSettings) {
     } else {
         builder.try_init()
     };
+}
+
+/// Counts (`huabi_late_results_total{role}`) and logs a result refused because the lease it was made under was taken
+/// over meanwhile: its holder was paused, cut off or slow past the lease, and another node did the work.
+pub fn late_result(role: &'static str, job: i64, attempt: i32) {
+    metrics::counter!("huabi_late_results_total", "role" => role).increment(1);
+    tracing::warn!(
+        role,
+        job,
+        attempt,
+        "late result discarded: the lease was taken over meanwhile"
+    );
 }

@@ -119,7 +119,7 @@ impl Deliverer {
             .renew_delivery(task.lease(&self.id), self.settings.lease_secs)
             .await?
         {
-            late_delivery(&task);
+            crate::telemetry::late_result("deliver", task.job_id, task.delivery_attempts);
             return Ok(());
         }
         let outbound = self
@@ -207,7 +207,7 @@ impl Deliverer {
         let patience = Duration::from_secs_f64(self.settings.lease_secs);
         let lease = task.lease(&self.id);
         if !crate::store::persist(patience, || self.store.finish_delivery(lease, end)).await? {
-            late_delivery(&task);
+            crate::telemetry::late_result("deliver", task.job_id, task.delivery_attempts);
         }
         Ok(())
     }
@@ -375,16 +375,6 @@ fn log_ended(ended: Result<Result<(), StoreError>, tokio::task::JoinError>) {
         }
         Err(e) => tracing::error!(error = %e, "delivery task failed"),
     }
-}
-
-/// Counts and logs a delivery whose lease was taken over before its outcome could be recorded.
-fn late_delivery(task: &DeliveryTask) {
-    metrics::counter!("huabi_late_results_total", "role" => "deliver").increment(1);
-    tracing::warn!(
-        job = task.job_id,
-        attempt = task.delivery_attempts,
-        "delivery lease taken over; this deliverer's outcome is discarded"
-    );
 }
 
 #[cfg(test)]

@@ -90,17 +90,6 @@ enum PhotoProblem {
     Retry(String),
 }
 
-/// Counts and logs a result refused because the lease it was painted under was taken over (this worker was paused,
-/// cut off or slow past its lease, and another worker painted the job).
-fn late_result(job: &LeasedJob) {
-    metrics::counter!("huabi_late_results_total", "role" => "worker").increment(1);
-    tracing::warn!(
-        job = job.id,
-        attempt = job.attempts,
-        "late result discarded: the lease was taken over while painting"
-    );
-}
-
 fn batch_of(jobs: &[Ready]) -> Result<Batch, String> {
     let first = &jobs.first().ok_or("empty batch")?.job;
     let scheduler: SchedulerKind = first.scheduler.parse().map_err(|e| format!("{e}"))?;
@@ -512,7 +501,7 @@ impl Worker {
                         if stored {
                             finished.push(job.id);
                         } else {
-                            late_result(job);
+                            crate::telemetry::late_result("worker", job.id, job.attempts);
                         }
                     }
                 }
@@ -535,7 +524,9 @@ impl Worker {
                                 failed += 1;
                                 finished.push(job.id);
                             }
-                            JobFate::LeaseLost => late_result(job),
+                            JobFate::LeaseLost => {
+                                crate::telemetry::late_result("worker", job.id, job.attempts)
+                            }
                         }
                     }
                 }

@@ -645,7 +645,7 @@ impl Store for PgStore {
         lease_secs: f64,
         max_attempts: i32,
     ) -> Result<Vec<LeasedJob>, StoreError> {
-        self.presence.start((*self.pool.connect_options()).clone());
+        self.presence.start(&self.pool);
         let mut jobs: Vec<LeasedJob> = sqlx::query_as(LEASE.as_str())
             .bind(worker)
             .bind(max)
@@ -1347,7 +1347,7 @@ impl Store for PgStore {
     }
 
     async fn subscribe_jobs(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
-        self.presence.start((*self.pool.connect_options()).clone());
+        self.presence.start(&self.pool);
         self.listen(JOBS_CHANNEL, wake.clone()).await?;
         tokio::spawn(watch_orphans(self.pool.clone(), wake));
         Ok(())

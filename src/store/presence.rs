@@ -51,11 +51,13 @@ impl Presence {
         self.held.load(Ordering::Acquire).then_some(self.key)
     }
 
-    /// Starts holding the lock (once per process), reconnecting whenever the connection breaks.
-    pub(super) fn start(self: &Arc<Self>, options: PgConnectOptions) {
+    /// Starts holding the lock on a connection of its own to `pool`'s database (once per process), reconnecting
+    /// whenever the connection breaks.
+    pub(super) fn start(self: &Arc<Self>, pool: &sqlx::PgPool) {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
+        let options: PgConnectOptions = (*pool.connect_options()).clone();
         let this = self.clone();
         tokio::spawn(async move {
             loop {
