@@ -42,8 +42,12 @@ def to_fp16(folder):
         path = os.path.join(folder, component, "model.onnx")
         if not os.path.isfile(path):
             continue
-        model = onnx.load(path, load_external_data=True)
-        model = convert_float_to_float16(model, keep_io_types=True)
+        # Types are inferred from the file: the converter's own inference serialises the model, which protobuf
+        # refuses beyond 2 GB (an SD 1.5 UNet in float32 is 3.4 GB).
+        inferred = os.path.join(os.path.dirname(path), "inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(path, inferred)
+        model = onnx.load(inferred, load_external_data=True)
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         for f in os.listdir(os.path.dirname(path)):
             if f != "config.json":
                 os.remove(os.path.join(os.path.dirname(path), f))
@@ -60,8 +64,9 @@ def save(model, path):
         onnx.save_model(model, path)
 
 
-def export_onnx(diffusers_dir, out, sdxl, fp16=False):
-    """diffusers folder -> huabi's ONNX folder at `out` (replaced)."""
+def export_onnx(diffusers_dir, out, sdxl, fp16=False, fp32_copy=None):
+    """diffusers folder -> huabi's ONNX folder at `out` (replaced); with fp16, `fp32_copy` (replaced) keeps the
+    float32 export too."""
     from optimum.exporters.onnx import main_export
 
     if os.path.exists(out):
@@ -75,6 +80,11 @@ def export_onnx(diffusers_dir, out, sdxl, fp16=False):
     with open(index, "w") as f:
         json.dump(meta, f, indent=2)
     if fp16:
+        if fp32_copy:
+            if os.path.exists(fp32_copy):
+                shutil.rmtree(fp32_copy)
+            shutil.copytree(out, fp32_copy)
+            check(fp32_copy, sdxl)
         to_fp16(out)
     check(out, sdxl)
 

@@ -365,19 +365,24 @@ def main():
     p.add_argument("--sd15", metavar="DIR", help="write an SD-1.5-shaped random model here instead (benchmarks)")
     p.add_argument("--sdxl-full", metavar="DIR", help="write an SDXL-shaped random model here instead (benchmarks)")
     p.add_argument("--fp16", action="store_true", help="with --sd15/--sdxl-full: float16 weights")
+    p.add_argument("--keep-fp32", metavar="DIR", help="with --fp16: also keep the float32 export here")
+    p.add_argument("--keep-diffusers", metavar="DIR", help="with --sd15/--sdxl-full: keep the diffusers folder the "
+                   "export was made from here (the same weights, for torch)")
     p.add_argument("--lora", metavar="FILE", help="with --sd15/--sdxl-full: also write a random PEFT LoRA (rank 16, "
                    "attention, feed-forward and text encoder) for benchmarks")
     a = p.parse_args()
     if a.sd15 or a.sdxl_full:
-        work = tempfile.mkdtemp(prefix="huabi-models-")
+        work = a.keep_diffusers or tempfile.mkdtemp(prefix="huabi-models-")
         try:
             pipe = full_sd15() if a.sd15 else full_sdxl()
             pipe.save_pretrained(work)
             if a.lora:
                 write_benchmark_lora(pipe, a.lora)
-            export_onnx(work, a.sd15 or a.sdxl_full, sdxl=bool(a.sdxl_full), fp16=a.fp16)
+            export_onnx(work, a.sd15 or a.sdxl_full, sdxl=bool(a.sdxl_full), fp16=a.fp16,
+                        fp32_copy=a.keep_fp32 if a.fp16 else None)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not a.keep_diffusers:
+                shutil.rmtree(work, ignore_errors=True)
         return
     make_tiny(a.models, a.fixtures)
 

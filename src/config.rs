@@ -918,6 +918,20 @@ mod tests {
     }
 
     #[test]
+    fn cuda_options_come_from_the_environment() {
+        assert_eq!(
+            Settings::load_from(env(&[]))
+                .expect("valid")
+                .engine
+                .cuda_options,
+            ""
+        );
+        let s = Settings::load_from(env(&[("HUABI__ENGINE__CUDA_OPTIONS", "prefer_nhwc=1")]))
+            .expect("valid");
+        assert_eq!(s.engine.cuda_options, "prefer_nhwc=1");
+    }
+
+    #[test]
     fn model_dir_wins_over_model_and_names_the_default() {
         let s = Settings::load_from(env(&[
             ("HUABI__ENGINE__MODEL", "sd15"),

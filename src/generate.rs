@@ -66,6 +66,10 @@ pub struct GenerateOptions {
     /// `:SCALE` (default 1). Repeat to stack several.
     #[arg(long = "lora", value_parser = parse_lora)]
     pub loras: Vec<LoraChoice>,
+    /// Also write the pictures as painted, before the label: float32 .npy of shape [B, H, W, 3] in 0..1 (for
+    /// comparing devices and engines pixel by pixel).
+    #[arg(long)]
+    pub pixels: Option<PathBuf>,
 }
 
 /// `NAME_OR_PATH[:SCALE]`.
@@ -224,6 +228,9 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
         eprintln!();
     }
     let encode_started = Instant::now();
+    if let Some(path) = &options.pixels {
+        write_pixels(&generated.pictures, path)?;
+    }
     let paths = output_paths(&options.out, options.batch);
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     for (i, (mut picture, path)) in generated.pictures.into_iter().zip(&paths).enumerate() {
@@ -258,6 +265,19 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
         encode_started.elapsed().as_secs_f64() * 1e3,
     );
     Ok(paths)
+}
+
+/// The pictures' float pixels as one `[B, H, W, 3]` array.
+fn write_pixels(pictures: &[Picture], path: &Path) -> anyhow::Result<()> {
+    let (width, height) = pictures
+        .first()
+        .map_or((0, 0), |p| (p.width as usize, p.height as usize));
+    let values: Vec<f32> = pictures
+        .iter()
+        .flat_map(|p| p.rgb.iter().copied())
+        .collect();
+    let bytes = npy::encode_f32(&[pictures.len(), height, width, 3], &values);
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_picture(

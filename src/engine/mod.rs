@@ -92,6 +92,9 @@ pub struct EngineConfig {
     pub threads: usize,
     /// The ONNX Runtime library; empty = `ORT_DYLIB_PATH`, then what `scripts/fetch-ort` fetched.
     pub ort_dylib_path: String,
+    /// ONNX Runtime CUDA provider options, `key=value,key=value` (e.g. `prefer_nhwc=1`); empty = its defaults.
+    #[serde(default)]
+    pub cuda_options: String,
     /// Widest image accepted.
     pub max_width: u32,
     /// Tallest image accepted.

@@ -61,21 +61,55 @@ pub fn default_library_candidates(device: Device) -> Vec<PathBuf> {
     out
 }
 
-/// The process-wide environment: ONNX Runtime can be loaded only once per process.
-static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+/// What one process loaded: ONNX Runtime can be loaded only once per process, and its CUDA options come with it.
+struct Loaded {
+    library: PathBuf,
+    env: Environment,
+    cuda_options: Vec<(String, String)>,
+}
+
+/// The process-wide environment.
+static ENVIRONMENT: Mutex<Option<Loaded>> = Mutex::new(None);
+
+/// Reads `engine.cuda_options`: `key=value` pairs separated by commas, handed to ONNX Runtime's CUDA provider as they
+/// are (it refuses keys it does not know when the first session opens on the GPU).
+pub fn cuda_options(text: &str) -> Result<Vec<(String, String)>, EngineError> {
+    let mut options: Vec<(String, String)> = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let invalid = |why: &str| {
+            EngineError::Invalid(format!(
+                "engine.cuda_options {pair:?}: {why} (write key=value pairs separated by commas, e.g. prefer_nhwc=1)"
+            ))
+        };
+        let (key, value) = pair.split_once('=').ok_or_else(|| invalid("no '='"))?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || value.is_empty() {
+            return Err(invalid("an empty key or value"));
+        }
+        if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid("a key is letters, digits and '_'"));
+        }
+        if options.iter().any(|(k, _)| k == key) {
+            return Err(invalid("this key was given twice"));
+        }
+        options.push((key.to_string(), value.to_string()));
+    }
+    Ok(options)
+}
 
 /// Loads ONNX Runtime from the configured path (or the defaults) and returns the environment, whose one intra-op
 /// thread pool all sessions share (per-session pools spin against each other on few cores).
 pub fn environment(config: &EngineConfig, device: Device) -> Result<Environment, EngineError> {
     let path = resolve_library(config, device)?;
+    let cuda_options = cuda_options(&config.cuda_options)?;
     let mut slot = ENVIRONMENT
         .lock()
         .map_err(|_| EngineError::Runtime("environment lock poisoned".into()))?;
-    if let Some((loaded, env)) = slot.as_ref() {
-        if *loaded != path {
-            tracing::warn!(loaded = %loaded.display(), asked = %path.display(), "ONNX Runtime loads once per process; keeping the first");
+    if let Some(loaded) = slot.as_ref() {
+        if loaded.library != path || loaded.cuda_options != cuda_options {
+            tracing::warn!(loaded = %loaded.library.display(), asked = %path.display(), "ONNX Runtime and its CUDA options load once per process; keeping the first");
         }
-        return Ok(env.clone());
+        return Ok(loaded.env.clone());
     }
     let gpu_hint = if matches!(device, Device::Cuda(_)) {
         " --gpu"
@@ -97,8 +131,12 @@ pub fn environment(config: &EngineConfig, device: Device) -> Result<Environment,
         .with_global_thread_pool(pool)
         .build()
         .map_err(|e| EngineError::Runtime(e.to_string()))?;
-    tracing::info!(library = %path.display(), threads = thread_count(config.threads), "ONNX Runtime loaded");
-    *slot = Some((path, env.clone()));
+    tracing::info!(library = %path.display(), threads = thread_count(config.threads), ?cuda_options, "ONNX Runtime loaded");
+    *slot = Some(Loaded {
+        library: path,
+        env: env.clone(),
+        cuda_options,
+    });
     Ok(env)
 }
 
@@ -190,11 +228,19 @@ fn session_builder(
         Device::Cpu => {}
         #[cfg(feature = "cuda")]
         Device::Cuda(id) => {
+            use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+            let mut cuda = ort::ep::CUDA::default().with_device_id(id);
+            let options = ENVIRONMENT
+                .lock()
+                .map_err(|_| EngineError::Runtime("environment lock poisoned".into()))?
+                .as_ref()
+                .map(|loaded| loaded.cuda_options.clone())
+                .unwrap_or_default();
+            for (key, value) in options {
+                cuda = cuda.with_arbitrary_config(key, value);
+            }
             builder = builder
-                .with_execution_providers([ort::ep::CUDA::default()
-                    .with_device_id(id)
-                    .build()
-                    .error_on_failure()])
+                .with_execution_providers([cuda.build().error_on_failure()])
                 .map_err(|e| {
                     EngineError::Runtime(format!("CUDA execution provider on GPU {id}: {e}"))
                 })?;
@@ -240,4 +286,44 @@ pub fn open_edited_session(
     }
     let bytes = model.edited(edit).map_err(|e| model_error(path, e))?;
     builder.commit_from_memory(&bytes).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_options_are_key_value_pairs() {
+        assert_eq!(cuda_options("").expect("empty"), vec![]);
+        assert_eq!(
+            cuda_options(" prefer_nhwc = 1 ,, cudnn_conv_algo_search=HEURISTIC,").expect("valid"),
+            vec![
+                ("prefer_nhwc".to_string(), "1".to_string()),
+                (
+                    "cudnn_conv_algo_search".to_string(),
+                    "HEURISTIC".to_string()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_cuda_options_are_refused_with_the_piece_at_fault() {
+        for (text, why) in [
+            ("prefer_nhwc", "no '='"),
+            ("=1", "empty key"),
+            ("prefer_nhwc=", "empty key or value"),
+            ("a=1,a=2", "twice"),
+            ("gpu mem=1", "letters, digits"),
+            ("a=1\n,b\u{0}=2", "letters, digits"),
+        ] {
+            let err = cuda_options(text).expect_err(text).to_string();
+            assert!(
+                err.contains(why) && err.contains("key=value"),
+                "{text:?}: {err}"
+            );
+        }
+        let long = format!("{}=1", "k".repeat(100_000));
+        assert_eq!(cuda_options(&long).expect("long key").len(), 1);
+    }
 }

@@ -24,6 +24,7 @@ pub fn config(model_dir: &Path) -> EngineConfig {
         device: "cpu".into(),
         threads: 2,
         ort_dylib_path: std::env::var("ORT_DYLIB_PATH").unwrap_or_default(),
+        cuda_options: String::new(),
         max_width: 256,
         max_height: 256,
         max_batch: 4,
@@ -442,6 +443,7 @@ fn broken_model_folders_are_refused_with_what_is_missing() {
 fn generate_command_writes_labelled_png_and_jpeg() {
     let dir = tempfile::tempdir().expect("tempdir");
     let latents = root().join("tests/fixtures/diffusers/init-latents.npy");
+    let pixels = dir.path().join("pixels.npy");
     for (name, batch) in [("moon.png", "1"), ("moon.jpg", "2")] {
         let out = dir.path().join(name);
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
@@ -468,6 +470,11 @@ fn generate_command_writes_labelled_png_and_jpeg() {
             .arg(&out)
             .arg("--init-latents")
             .arg(&latents)
+            .args(if batch == "1" {
+                vec!["--pixels".into(), pixels.clone().into_os_string()]
+            } else {
+                vec![]
+            })
             .env("HUABI__ENGINE__MODEL_DIR", root().join("models/tiny-sd"))
             .env("HUABI__ENGINE__AIGC_PROVIDER", "huabi-test")
             .env("RUST_LOG", "warn")
@@ -494,6 +501,24 @@ fn generate_command_writes_labelled_png_and_jpeg() {
             assert!(bytes.len() <= 2 * 1024 * 1024);
         }
     }
+    // --pixels holds the picture before its label: the PNG differs from it only where the label was drawn.
+    let (shape, values) = huabi::engine::npy::read_f32(&pixels).expect("pixels written");
+    assert_eq!(shape, [1, 64, 64, 3]);
+    assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
+    let png = image::open(dir.path().join("moon.png"))
+        .expect("png")
+        .to_rgb8()
+        .into_raw();
+    let same = png
+        .iter()
+        .zip(&values)
+        .filter(|(p, v)| (f32::from(**p) - **v * 255.0).abs() <= 1.0)
+        .count();
+    assert!(
+        same > png.len() / 2 && same < png.len(),
+        "{same} of {} values match",
+        png.len()
+    );
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
         .args(["generate", "--prompt", "x", "--width", "60", "--out"])
         .arg(dir.path().join("bad.png"))
@@ -536,6 +561,8 @@ fn runtime_and_device_problems_are_clear_errors_not_panics() {
     assert!(err.contains("does not exist"), "{err}");
     let err = generate_error(&[("HUABI__ENGINE__DEVICE", "tpu")]);
     assert!(err.contains("use cpu, cuda or cuda:N"), "{err}");
+    let err = generate_error(&[("HUABI__ENGINE__CUDA_OPTIONS", "prefer_nhwc")]);
+    assert!(err.contains("engine.cuda_options \"prefer_nhwc\""), "{err}");
     // A CUDA request never silently runs on the CPU.
     let cpu_lib = root().join(".ort/cpu/libonnxruntime.so.1.31.1");
     let err = generate_error(&[
