@@ -6,7 +6,7 @@
   bench    DIFFUSERS --size S --steps N --batches 1,4,8 --runs R   one JSON line per batch size (float16, torch SDPA)
   ceiling                                    float16 matrix products on this GPU, TFLOP/s (the device's roof)
   report   DIR [--pictures PNG]              reads what gpu-check left in DIR: gpu-report.json, a table, and the
-                                              four pictures side by side (huabi GPU, huabi CPU, torch fp16, fp32)
+                                              pictures side by side (huabi GPU, fused, CPU; torch fp16, fp32)
 
 Every torch run uses the weights huabi's ONNX files were exported from (make_models.py --keep-diffusers), the
 Euler scheduler of that folder, guidance 7.5, and `output_type="np"` (no PIL, as huabi's bench does no encoding).
@@ -132,22 +132,22 @@ def difference(a, b):
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))}
 
 
-def picture_check(d):
-    """huabi's GPU picture against its CPU float32 picture, judged by what float16 does to diffusers' own."""
-    files = {k: f"{d}/{k}.npy" for k in ["huabi-gpu", "huabi-cpu", "torch-fp16", "torch-fp32"]}
+def picture_check(d, gpu="huabi-gpu"):
+    """huabi's GPU picture (`gpu`.npy) against its CPU float32 picture, judged by what float16 does to diffusers'."""
+    files = {k: f"{d}/{k}.npy" for k in [gpu, "huabi-cpu", "torch-fp16", "torch-fp32"]}
     if not all(os.path.exists(f) for f in files.values()):
         return {"verdict": "not run", "missing": [k for k, f in files.items() if not os.path.exists(f)]}
     p = {k: np.load(f) for k, f in files.items()}
     pairs = {
-        "huabi gpu vs huabi cpu fp32": difference(p["huabi-gpu"], p["huabi-cpu"]),
+        f"{gpu} vs huabi cpu fp32": difference(p[gpu], p["huabi-cpu"]),
         "torch fp16 vs torch fp32": difference(p["torch-fp16"], p["torch-fp32"]),
         "huabi cpu fp32 vs torch fp32": difference(p["huabi-cpu"], p["torch-fp32"]),
-        "huabi gpu vs torch fp16": difference(p["huabi-gpu"], p["torch-fp16"]),
+        f"{gpu} vs torch fp16": difference(p[gpu], p["torch-fp16"]),
     }
-    ours, theirs = pairs["huabi gpu vs huabi cpu fp32"], pairs["torch fp16 vs torch fp32"]
+    ours, theirs = pairs[f"{gpu} vs huabi cpu fp32"], pairs["torch fp16 vs torch fp32"]
     if "error" in ours or "error" in theirs:
         return {"verdict": "FAIL", "pairs": pairs}
-    finite = bool(np.isfinite(p["huabi-gpu"]).all())
+    finite = bool(np.isfinite(p[gpu]).all())
     # float16 moves pictures; huabi's move must stay within twice what it does to diffusers' own, or 2/255.
     tolerance = max(2 * theirs["mean_abs"], 2 / 255)
     verdict = "PASS" if finite and ours["mean_abs"] <= tolerance else "FAIL"
@@ -194,31 +194,35 @@ def cmd_report(a):
             "huabi_seconds_text_denoise_decode": [h_parts[k].get(b) for k in ["text", "denoise", "decode"]],
         })
     variants = []
-    rows_by_options = {}
+    rows_by_label = {}
     for r in read_jsonl(f"{d}/huabi-variants.jsonl"):
-        rows_by_options.setdefault(r["cuda_options"], []).append(r)
-    for options, option_rows in rows_by_options.items():
-        for b, ips in median_by_batch(option_rows, "images_per_sec").items():
-            variants.append({"cuda_options": options, "batch": b, "huabi_images_per_sec": ips,
-                             "vs_default_options": ips / h_ips[b] if h_ips.get(b) else None})
-    report = {"settings": settings, "cuda_option_variants": variants, "gpu": gpu, "spec_fp16_tflops": spec, "measured_fp16_tflops": ceiling.get("tflops"),
-              "unet_tflop_per_image": tflop_per_image, "picture_check": picture_check(d), "throughput": rows,
+        rows_by_label.setdefault(r["label"], []).append(r)
+    for label, label_rows in rows_by_label.items():
+        for b, ips in median_by_batch(label_rows, "images_per_sec").items():
+            variants.append({"variant": label, "batch": b, "huabi_images_per_sec": ips,
+                             "vs_huabi": ips / h_ips[b] if h_ips.get(b) else None,
+                             "vs_diffusers": ips / t_ips[b] if t_ips.get(b) else None,
+                             "share_of_measured_ceiling": ips * tflop_per_image / ceiling["tflops"]
+                             if ceiling.get("tflops") else None})
+    report = {"settings": settings, "variants": variants, "gpu": gpu, "spec_fp16_tflops": spec, "measured_fp16_tflops": ceiling.get("tflops"),
+              "unet_tflop_per_image": tflop_per_image, "picture_check": picture_check(d), "fused_picture_check": picture_check(d, "huabi-fused"), "throughput": rows,
               "stages": stages}
     with open(f"{d}/gpu-report.json", "w") as f:
         json.dump(report, f, indent=2)
-    check = report["picture_check"]
     print(f"\nhuabi gpu-check on {gpu}: {size}x{size}, {steps} steps, huabi {settings['huabi_commit'][:10]}")
-    print(f"picture check: {check['verdict']}", end="")
-    if "pairs" in check:
-        print(f" (mean |diff| must be <= {check['tolerance_mean_abs']:.4f})")
-        for name, diff in check["pairs"].items():
-            if "error" in diff:
-                print(f"  {name:<30} {diff['error']}")
-            else:
-                print(f"  {name:<30} mean {diff['mean_abs']:.4f}  max {diff['max_abs']:.4f}  "
-                      f"PSNR {diff['psnr_db']:.1f} dB")
-    else:
-        print(f" (missing {', '.join(check['missing'])})")
+    for title, check in [("picture check", report["picture_check"]),
+                         ("fused model's picture check", report["fused_picture_check"])]:
+        print(f"{title}: {check['verdict']}", end="")
+        if "pairs" in check:
+            print(f" (mean |diff| must be <= {check['tolerance_mean_abs']:.4f})")
+            for name, diff in check["pairs"].items():
+                if "error" in diff:
+                    print(f"  {name:<32} {diff['error']}")
+                else:
+                    print(f"  {name:<32} mean {diff['mean_abs']:.4f}  max {diff['max_abs']:.4f}  "
+                          f"PSNR {diff['psnr_db']:.1f} dB")
+        else:
+            print(f" (missing {', '.join(check['missing'])})")
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
     print(f"\n{'batch':>5} {'huabi img/s':>12} {'diffusers fp16':>15} {'ratio':>6} {'UNet TFLOP/s':>13} "
           f"{'of spec':>8} {'of measured':>12}   huabi text/denoise/decode s")
@@ -228,9 +232,11 @@ def cmd_report(a):
               f"{fmt(r['huabi_vs_diffusers']):>6} {fmt(r['huabi_unet_tflops'], '.1f'):>13} "
               f"{fmt(r['huabi_share_of_spec'], '.1%'):>8} {fmt(r['huabi_share_of_measured_ceiling'], '.1%'):>12}   "
               f"{parts}")
+    if variants:
+        print(f"\n{'huabi variant':<36} {'batch':>5} {'img/s':>7} {'vs huabi':>9} {'vs diffusers':>13} {'of measured':>12}")
     for v in variants:
-        print(f"huabi with cuda_options {v['cuda_options']}, batch {v['batch']}: {fmt(v['huabi_images_per_sec'])} img/s"
-              f" = {fmt(v['vs_default_options'])} x the default options")
+        print(f"{v['variant']:<36} {v['batch']:>5} {fmt(v['huabi_images_per_sec']):>7} {fmt(v['vs_huabi']):>9} "
+              f"{fmt(v['vs_diffusers']):>13} {fmt(v['share_of_measured_ceiling'], '.1%'):>12}")
     print(f"\nfloat16 matrix products measured here: {fmt(ceiling.get('tflops'), '.0f')} TFLOP/s"
           f" (spec {fmt(spec, '.0f')}); one image is ~{tflop_per_image:.1f} TFLOP of UNet work")
     print("stages: " + ", ".join(f"{s['stage']} {s['seconds']:.0f} s" + ("" if s["ok"] else " (failed)")
@@ -242,7 +248,7 @@ def cmd_report(a):
 def side_by_side(d, path):
     from PIL import Image
 
-    names = ["huabi-gpu", "huabi-cpu", "torch-fp16", "torch-fp32"]
+    names = ["huabi-gpu", "huabi-fused", "huabi-cpu", "torch-fp16", "torch-fp32"]
     shown = [np.load(f"{d}/{n}.npy")[0] for n in names if os.path.exists(f"{d}/{n}.npy")]
     if shown:
         row = np.concatenate([np.nan_to_num(p).clip(0, 1) for p in shown], axis=1)

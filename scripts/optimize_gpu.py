@@ -19,7 +19,7 @@ from onnxruntime.transformers.models.stable_diffusion import optimize_pipeline
 import fusion_attention_unet  # importable once optimize_pipeline's package put ONNX Runtime's folder on sys.path
 
 CUDA_ONLY = ["--disable_group_norm", "--disable_skip_group_norm", "--disable_nhwc_conv", "--disable_bias_splitgelu",
-             "--disable_bias_add"]
+             "--disable_bias_add", "--disable_packed_qkv", "--disable_packed_kv"]
 
 
 def get_num_heads(self, reshape_q, is_torch2=False):
