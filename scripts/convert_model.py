@@ -9,7 +9,7 @@ keeps node and weight names, so LoRAs still merge; no operator fusion, which wou
 Offline: single files are read against the configs and tokenizers shipped in scripts/convert-configs/ (SD 1.5 and
 SDXL; --config DIR names another diffusers folder of configs). Weights never come from a hub.
 
-Usage: scripts/convert-model SRC NAME [--sdxl] [--fp16] [--config DIR] [--models DIR]
+Usage: scripts/convert-model SRC NAME [--sdxl] [--fp16 | --fused] [--config DIR] [--models DIR]
 """
 import argparse
 import json
@@ -64,6 +64,21 @@ def save(model, path):
         onnx.save_model(model, path)
 
 
+def export_fused(diffusers_dir, out, sdxl):
+    """diffusers folder -> a float32 export -> ONNX Runtime's fused float16 model for the CUDA provider at `out`."""
+    from optimize_gpu import optimize
+
+    work = tempfile.mkdtemp(prefix="huabi-fp32-")
+    try:
+        export_onnx(diffusers_dir, work, sdxl)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        optimize(work, out)
+        check(out, sdxl)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def export_onnx(diffusers_dir, out, sdxl, fp16=False, fp32_copy=None):
     """diffusers folder -> huabi's ONNX folder at `out` (replaced); with fp16, `fp32_copy` (replaced) keeps the
     float32 export too."""
@@ -107,23 +122,32 @@ def main():
     p.add_argument("name")
     p.add_argument("--sdxl", action="store_true", help="the checkpoint is SDXL (two text encoders)")
     p.add_argument("--fp16", action="store_true", help="float16 weights (half the size; for GPUs)")
+    p.add_argument("--fused", action="store_true", help="float16 with ONNX Runtime's fused operators (CUDA provider "
+                   "only; no LoRAs): scripts/optimize_gpu.py")
     p.add_argument("--config", help="a diffusers folder of configs and tokenizers to read a single file against")
     p.add_argument("--models", default="models", help="the model catalogue (HUABI__ENGINE__MODELS_DIR)")
     a = p.parse_args()
     if not a.name or "/" in a.name or a.name.startswith(".") or a.name == "loras":
         raise SystemExit(f"model name {a.name!r}: use a plain folder name (letters, digits, - and _)")
     out = os.path.join(a.models, a.name)
+
+    def export(folder, sdxl):
+        if a.fused:
+            export_fused(folder, out, sdxl)
+        else:
+            export_onnx(folder, out, sdxl, a.fp16)
+
     if os.path.isdir(a.src):
         with open(os.path.join(a.src, "model_index.json")) as f:
             sdxl = a.sdxl or "XL" in json.load(f).get("_class_name", "")
-        export_onnx(a.src, out, sdxl, a.fp16)
+        export(a.src, sdxl)
         return
     if not os.path.isfile(a.src):
         raise SystemExit(f"{a.src}: no such file or folder")
     work = tempfile.mkdtemp(prefix="huabi-convert-")
     try:
         load_single_file(a.src, a.sdxl, a.config).save_pretrained(work)
-        export_onnx(work, out, a.sdxl, a.fp16)
+        export(work, a.sdxl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,7 +7,7 @@ into the result (fused weights lose their layer names): it is a model for GPU no
 ONNX Runtime 1.30's attention fusion calls int() on one-element arrays, which NumPy 2 refuses; the one method that
 does is replaced here by the same logic with .item().
 
-Usage: python scripts/optimize_gpu.py FP32_DIR OUT_DIR [--cpu-safe]
+Usage: python scripts/optimize_gpu.py FP32_DIR OUT_DIR [--cpu-safe]   (or scripts/convert-model SRC NAME --fused)
   --cpu-safe  leave out the fusions only the CUDA provider runs (for trying the result on the CPU)
 """
 import logging
@@ -37,14 +37,19 @@ def get_num_heads(self, reshape_q, is_torch2=False):
     return 0
 
 
+def optimize(fp32_dir, out_dir, cpu_safe=False):
+    """Writes the fused float16 model made from the float32 export in `fp32_dir` to `out_dir`."""
+    fusion_attention_unet.FusionAttentionUnet.get_num_heads = get_num_heads
+    extra = CUDA_ONLY if cpu_safe else []
+    optimize_pipeline.main(["-i", fp32_dir, "-o", out_dir, "--float16", "--overwrite"] + extra)
+
+
 def main():
     args = [a for a in sys.argv[1:] if a != "--cpu-safe"]
     if len(args) != 2:
         raise SystemExit(__doc__)
     logging.basicConfig(format="%(funcName)20s: %(message)s", level=logging.INFO)
-    fusion_attention_unet.FusionAttentionUnet.get_num_heads = get_num_heads
-    extra = CUDA_ONLY if "--cpu-safe" in sys.argv else []
-    optimize_pipeline.main(["-i", args[0], "-o", args[1], "--float16", "--overwrite"] + extra)
+    optimize(args[0], args[1], cpu_safe="--cpu-safe" in sys.argv)
 
 
 if __name__ == "__main__":

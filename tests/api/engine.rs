@@ -529,6 +529,76 @@ fn generate_command_writes_labelled_png_and_jpeg() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 8"));
 }
 
+/// `huabi generate` of the test prompt from the fixtures' latents with the model in `model_dir`; the pixels.
+fn paint_pixels(model_dir: &Path, out: &Path) -> Vec<f32> {
+    let pixels = out.with_extension("npy");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"))
+        .args([
+            "generate",
+            "--prompt",
+            "a photo of the moon",
+            "--negative",
+            "blurry",
+        ])
+        .args(["--steps", "3", "--width", "64", "--height", "64", "--out"])
+        .arg(out)
+        .arg("--init-latents")
+        .arg(root().join("tests/fixtures/diffusers/init-latents.npy"))
+        .arg("--pixels")
+        .arg(&pixels)
+        .env("HUABI__ENGINE__MODEL_DIR", model_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    npy::read_f32(&pixels).expect("pixels").1
+}
+
+/// ONNX Runtime's fused float16 model (scripts/optimize_gpu.py; on the CPU without the fusions only the CUDA
+/// provider runs) loads — float16 inputs, outputs and timesteps — and paints what the float32 model paints, within
+/// float16's reach.
+#[test]
+fn fused_float16_model_paints_like_the_float32_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fused = dir.path().join("tiny-fused");
+    let python = crate::helpers::test_python();
+    let output = std::process::Command::new(&python)
+        .arg(root().join("scripts/optimize_gpu.py"))
+        .arg(root().join("models/tiny-sd"))
+        .arg(&fused)
+        .arg("--cpu-safe")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (run ./scripts/test): {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unet = std::fs::read(fused.join("unet/model.onnx")).expect("fused unet");
+    assert!(
+        unet.windows(18).any(|w| w == b"MultiHeadAttention"),
+        "attention is fused"
+    );
+    let plain = paint_pixels(
+        &root().join("models/tiny-sd"),
+        &dir.path().join("plain.png"),
+    );
+    let half = paint_pixels(&fused, &dir.path().join("fused.png"));
+    assert_eq!(plain.len(), half.len());
+    let mean = plain
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / plain.len() as f32;
+    assert!(mean > 0.0, "float16 is not bit-equal to float32");
+    assert!(mean < 2.0 / 255.0, "mean |difference| {mean}");
+}
+
 fn generate_error(envs: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_huabi"));

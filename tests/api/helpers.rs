@@ -473,3 +473,11 @@ impl Forwarder {
         self.paused.send_replace(false);
     }
 }
+
+/// The tests' Python (wechatpy, onnxruntime): `HUABI_TEST_PYTHON`, else the `.venv` that `scripts/test` creates.
+pub fn test_python() -> std::path::PathBuf {
+    match std::env::var_os("HUABI_TEST_PYTHON") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    }
+}

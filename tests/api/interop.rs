@@ -5,21 +5,13 @@ use std::path::PathBuf;
 
 use crate::helpers::*;
 
-/// The Python interpreter with wechatpy: `HUABI_TEST_PYTHON`, else the `.venv` that `scripts/test` creates.
-fn python() -> PathBuf {
-    match std::env::var_os("HUABI_TEST_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    }
-}
-
 #[tokio::test]
 async fn wechatpy_client_drives_huabi_in_safe_mode() {
     for backend in [Backend::Postgres, Backend::Sqlite] {
         let app = spawn_app(backend).await;
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/wechatpy_client.py");
-        let python = python();
+        let python = test_python();
         let output = tokio::process::Command::new(&python)
             .arg(&script)
             .args([app.webhook_url().as_str(), TOKEN, AES_KEY, APP_ID])
