@@ -81,6 +81,8 @@ def main():
         pruned, freed = prune(data, arch)
     except PruneError as e:
         raise SystemExit(f"{src}: {e}")
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError):
+        raise SystemExit(f"{src}: truncated or malformed ELF file")
     if pruned == 0:
         raise SystemExit(f"{src}: no fat binary holds kernels for architecture {arch}")
     with open(dst, "wb") as f:

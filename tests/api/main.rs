@@ -22,6 +22,7 @@ mod delivery_contract;
 mod doctor;
 mod engine;
 mod failover;
+mod fatbin;
 mod helpers;
 mod hostile;
 mod interop;
