@@ -227,10 +227,10 @@ pub fn run(config: &EngineConfig, options: &GenerateOptions) -> anyhow::Result<V
     if show_bar {
         eprintln!();
     }
-    let encode_started = Instant::now();
     if let Some(path) = &options.pixels {
         write_pixels(&generated.pictures, path)?;
     }
+    let encode_started = Instant::now();
     let paths = output_paths(&options.out, options.batch);
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
     for (i, (mut picture, path)) in generated.pictures.into_iter().zip(&paths).enumerate() {
