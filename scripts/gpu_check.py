@@ -168,6 +168,16 @@ def median_by_batch(rows, key):
     return out
 
 
+def best_batch(rows, budget):
+    """The batch size with the most images/s whose batch takes at most `budget` seconds (median), or None."""
+    seconds, ips = median_by_batch(rows, "seconds"), median_by_batch(rows, "images_per_sec")
+    fitting = [b for b in ips if seconds[b] <= budget]
+    if not fitting:
+        return None
+    b = max(fitting, key=lambda b: ips[b])
+    return {"batch": b, "images_per_sec": ips[b], "seconds": seconds[b]}
+
+
 def cmd_report(a):
     d = a.dir
     with open(f"{d}/settings.json") as f:
@@ -204,7 +214,11 @@ def cmd_report(a):
                              "vs_diffusers": ips / t_ips[b] if t_ips.get(b) else None,
                              "share_of_measured_ceiling": ips * tflop_per_image / ceiling["tflops"]
                              if ceiling.get("tflops") else None})
-    report = {"settings": settings, "variants": variants, "gpu": gpu, "spec_fp16_tflops": spec, "measured_fp16_tflops": ceiling.get("tflops"),
+    latency_budget = float(os.environ.get("GPU_CHECK_LATENCY", "10"))
+    contenders = {"huabi": huabi, "diffusers": torch_rows, **rows_by_label}
+    best_batches = {name: best_batch(rows, latency_budget) for name, rows in contenders.items()}
+    report = {"settings": settings, "variants": variants, "latency_budget_seconds": latency_budget,
+              "best_batch_within_budget": best_batches, "gpu": gpu, "spec_fp16_tflops": spec, "measured_fp16_tflops": ceiling.get("tflops"),
               "unet_tflop_per_image": tflop_per_image, "picture_check": picture_check(d), "fused_picture_check": picture_check(d, "huabi-fused"), "throughput": rows,
               "stages": stages}
     with open(f"{d}/gpu-report.json", "w") as f:
@@ -237,6 +251,9 @@ def cmd_report(a):
     for v in variants:
         print(f"{v['variant']:<36} {v['batch']:>5} {fmt(v['huabi_images_per_sec']):>7} {fmt(v['vs_huabi']):>9} "
               f"{fmt(v['vs_diffusers']):>13} {fmt(v['share_of_measured_ceiling'], '.1%'):>12}")
+    print(f"\nbest batch size within {latency_budget:.0f} s a batch (GPU_CHECK_LATENCY; engine.max_batch): " +
+          ", ".join(f"{name} {v['batch']} ({v['images_per_sec']:.2f} img/s, {v['seconds']:.2f} s)" if v else
+                    f"{name} none" for name, v in best_batches.items()))
     print(f"\nfloat16 matrix products measured here: {fmt(ceiling.get('tflops'), '.0f')} TFLOP/s"
           f" (spec {fmt(spec, '.0f')}); one image is ~{tflop_per_image:.1f} TFLOP of UNet work")
     print("stages: " + ", ".join(f"{s['stage']} {s['seconds']:.0f} s" + ("" if s["ok"] else " (failed)")
