@@ -71,21 +71,21 @@ pub async fn wait_for(
     what: &str,
     done: impl Fn(&Record) -> bool,
 ) -> Record {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let record = stand_in.record();
-        if done(&record) {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {} sends, {} uploads, refused {:?}",
-            record.sends.len(),
-            record.uploads.len(),
-            record.refused
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        secs,
+        what,
+        || stand_in.record(),
+        done,
+        |record| {
+            format!(
+                "{} sends, {} uploads, refused {:?}",
+                record.sends.len(),
+                record.uploads.len(),
+                record.refused
+            )
+        },
+    )
+    .await
 }
 
 /// Image sends per follower.

@@ -291,6 +291,30 @@ pub async fn wait_all_recorded_delivered(conn: &mut sqlx::PgConnection, n: i64) 
     }
 }
 
+/// Takes `snapshot` every 50 ms until `done` holds of it and returns it; after `secs` seconds, panics naming `what`
+/// was awaited and what the last snapshot held (`describe`).
+pub async fn poll_until<T>(
+    secs: u64,
+    what: &str,
+    mut snapshot: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+    describe: impl Fn(&T) -> String,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let value = snapshot();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            describe(&value)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls the node on `port`'s `/metrics` until a line starts with `line`; false when `within` passes first.
 pub async fn wait_for_metric(port: u16, line: &str, within: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + within;

@@ -75,23 +75,21 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&TelegramRecord) -> bool,
 ) -> TelegramRecord {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let record = stand_in.record();
-        if done(&record) {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {:?}",
-            record
+    poll_until(
+        secs,
+        what,
+        || stand_in.record(),
+        done,
+        |record| {
+            let sends: Vec<_> = record
                 .sends
                 .iter()
                 .map(|s| (&s.chat_id, &s.kind, &s.text))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+                .collect();
+            format!("{sends:?}")
+        },
+    )
+    .await
 }
 
 fn photos_per_chat(record: &TelegramRecord) -> HashMap<String, usize> {
