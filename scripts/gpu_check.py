@@ -26,8 +26,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 PROMPT = "a photo of the moon, mid-autumn festival"
 NEGATIVE = "blurry"
 GUIDANCE = 7.5
-# SD 1.5's UNet at 512x512: about 0.8 TFLOP per image per step with guidance (two UNet passes); scaled by pixels.
-UNET_TFLOP_512 = 0.8
+# FLOPs (2 x multiply-adds) of SD 1.5 at 512x512, counted by torch's FlopCounterMode (../shared/research/sd.md 5.1):
+# one UNet pass 0.803 TFLOP, so 1.607 per image per step with guidance (two passes); the VAE decoder 2.51; the text
+# encoder 0.013 per prompt. Scaled by pixels for other sizes.
+UNET_STEP_TFLOP_512 = 1.6065
+VAE_TFLOP_512 = 2.5145
+TEXT_TFLOP = 0.0133
 # NVIDIA's dense float16 tensor-core figure for the H100/H200 SXM.
 SPEC_TFLOPS = {"H200": 989.4, "H100": 989.4}
 
@@ -186,7 +190,7 @@ def cmd_report(a):
     huabi, torch_rows = read_jsonl(f"{d}/huabi.jsonl"), read_jsonl(f"{d}/diffusers.jsonl")
     stages = read_jsonl(f"{d}/stages.jsonl")
     size, steps = settings["size"], settings["steps"]
-    tflop_per_image = UNET_TFLOP_512 * steps * size * size / (512 * 512)
+    tflop_per_image = (UNET_STEP_TFLOP_512 * steps + VAE_TFLOP_512) * size * size / (512 * 512) + 2 * TEXT_TFLOP
     gpu = ceiling.get("device") or "cpu"
     spec = next((v for k, v in SPEC_TFLOPS.items() if k in gpu), None)
     rows = []
@@ -197,7 +201,7 @@ def cmd_report(a):
         rows.append({
             "batch": b, "huabi_images_per_sec": hi, "diffusers_fp16_images_per_sec": ti,
             "huabi_vs_diffusers": hi / ti if hi and ti else None,
-            "huabi_unet_tflops": hi * tflop_per_image if hi else None,
+            "huabi_tflops": hi * tflop_per_image if hi else None,
             "huabi_share_of_spec": hi * tflop_per_image / spec if hi and spec else None,
             "huabi_share_of_measured_ceiling": hi * tflop_per_image / ceiling["tflops"]
             if hi and ceiling.get("tflops") else None,
@@ -219,7 +223,7 @@ def cmd_report(a):
     best_batches = {name: best_batch(rows, latency_budget) for name, rows in contenders.items()}
     report = {"settings": settings, "variants": variants, "latency_budget_seconds": latency_budget,
               "best_batch_within_budget": best_batches, "gpu": gpu, "spec_fp16_tflops": spec, "measured_fp16_tflops": ceiling.get("tflops"),
-              "unet_tflop_per_image": tflop_per_image, "picture_check": picture_check(d), "fused_picture_check": picture_check(d, "huabi-fused"), "throughput": rows,
+              "tflop_per_image": tflop_per_image, "picture_check": picture_check(d), "fused_picture_check": picture_check(d, "huabi-fused"), "throughput": rows,
               "stages": stages}
     with open(f"{d}/gpu-report.json", "w") as f:
         json.dump(report, f, indent=2)
@@ -238,12 +242,12 @@ def cmd_report(a):
         else:
             print(f" (missing {', '.join(check['missing'])})")
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
-    print(f"\n{'batch':>5} {'huabi img/s':>12} {'diffusers fp16':>15} {'ratio':>6} {'UNet TFLOP/s':>13} "
+    print(f"\n{'batch':>5} {'huabi img/s':>12} {'diffusers fp16':>15} {'ratio':>6} {'TFLOP/s':>13} "
           f"{'of spec':>8} {'of measured':>12}   huabi text/denoise/decode s")
     for r in rows:
         parts = "/".join(fmt(v, ".3f") for v in r["huabi_seconds_text_denoise_decode"])
         print(f"{r['batch']:>5} {fmt(r['huabi_images_per_sec']):>12} {fmt(r['diffusers_fp16_images_per_sec']):>15} "
-              f"{fmt(r['huabi_vs_diffusers']):>6} {fmt(r['huabi_unet_tflops'], '.1f'):>13} "
+              f"{fmt(r['huabi_vs_diffusers']):>6} {fmt(r['huabi_tflops'], '.1f'):>13} "
               f"{fmt(r['huabi_share_of_spec'], '.1%'):>8} {fmt(r['huabi_share_of_measured_ceiling'], '.1%'):>12}   "
               f"{parts}")
     if variants:
@@ -255,7 +259,7 @@ def cmd_report(a):
           ", ".join(f"{name} {v['batch']} ({v['images_per_sec']:.2f} img/s, {v['seconds']:.2f} s)" if v else
                     f"{name} none" for name, v in best_batches.items()))
     print(f"\nfloat16 matrix products measured here: {fmt(ceiling.get('tflops'), '.0f')} TFLOP/s"
-          f" (spec {fmt(spec, '.0f')}); one image is ~{tflop_per_image:.1f} TFLOP of UNet work")
+          f" (spec {fmt(spec, '.0f')}); one image is ~{tflop_per_image:.1f} TFLOP (UNet with guidance, VAE, text)")
     print("stages: " + ", ".join(f"{s['stage']} {s['seconds']:.0f} s" + ("" if s["ok"] else " (failed)")
                                  for s in stages))
     if a.pictures:
