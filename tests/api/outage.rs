@@ -51,6 +51,30 @@ fn quick_nodes(api_base: &str) -> Vec<(&'static str, &str)> {
     ]
 }
 
+/// A `web` node and a `worker,deliver` node on `url`, both ready: the children, their ports and a client that waits
+/// 5 s at most.
+async fn web_and_worker(
+    url: &str,
+    env: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    tokio::process::Child,
+    u16,
+    u16,
+    reqwest::Client,
+) {
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = start_serve(url, port_a, "web", env);
+    let mut b = start_serve(url, port_b, "worker,deliver", env);
+    wait_ready(port_a, &mut a).await;
+    wait_ready(port_b, &mut b).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    (a, b, port_a, port_b, client)
+}
+
 #[tokio::test]
 async fn every_role_survives_a_postgresql_restart() {
     let pg = PrivatePg::start();
@@ -59,15 +83,7 @@ async fn every_role_survives_a_postgresql_restart() {
     let mut env = quick_nodes(&base);
     // Only a notification wakes the worker node in time: its poll tick is a minute.
     env.push(("HUABI__JOBS__POLL_SECS", "60"));
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start_serve(&url, port_a, "web", &env);
-    let mut b = start_serve(&url, port_b, "worker,deliver", &env);
-    wait_ready(port_a, &mut a).await;
-    wait_ready(port_b, &mut b).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let (mut a, mut b, port_a, port_b, client) = web_and_worker(&url, &env).await;
 
     for i in 0..10 {
         assert_eq!(post(&client, port_a, i).await, 200, "message {i}");
@@ -141,15 +157,7 @@ async fn a_promoted_standby_takes_over_with_nothing_lost() {
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", forwarder.port);
     let (stand_in, base) = start_standin(Default::default()).await;
     let env = quick_nodes(&base);
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut a = start_serve(&url, port_a, "web", &env);
-    let mut b = start_serve(&url, port_b, "worker,deliver", &env);
-    wait_ready(port_a, &mut a).await;
-    wait_ready(port_b, &mut b).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let (_a, _b, port_a, _, client) = web_and_worker(&url, &env).await;
     for i in 100..110 {
         assert_eq!(post(&client, port_a, i).await, 200, "message {i}");
     }

@@ -75,6 +75,11 @@ impl PrivatePg {
                 "--no-sync",
             ],
         );
+        Self::started(dir, tmp)
+    }
+
+    /// The cluster in `dir` (inside `tmp`), started on a free port.
+    fn started(dir: PathBuf, tmp: tempfile::TempDir) -> Self {
         let pg = Self {
             dir,
             port: crate::helpers::free_port(),
@@ -136,13 +141,7 @@ impl PrivatePg {
                 "--no-sync",
             ],
         );
-        let pg = Self {
-            dir,
-            port: crate::helpers::free_port(),
-            _tmp: tmp,
-        };
-        pg.up();
-        pg
+        Self::started(dir, tmp)
     }
 
     /// Promotes a standby to primary and waits until it accepts writes.
